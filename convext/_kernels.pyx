@@ -1,0 +1,532 @@
+"""Compiled kernels of convext: im2col/col2im, direct convolution, pooling,
+batch-norm and ReLU, over NHWC arrays.
+
+Shape legend, used in every comment below:
+    N batch, H/W input height and width, C input channels, F filters,
+    KH/KW kernel height and width, OH/OW output height and width,
+    SH/SW strides, PT/PL zero padding before the first row and column,
+    M rows of a 2-D view (N*OH*OW for a convolution, N*H*W for batch-norm).
+
+Contract: these functions are private. They assume what the wrappers in
+``convext.ops`` check before calling them: C-contiguous arrays of one floating
+dtype, shapes that agree, positive strides, and output buffers of the right size.
+With that broken they may read or write out of bounds. Built with
+CONVEXT_CYTHON_DEBUG=1, indexing is bounds-checked and raises IndexError instead.
+
+Every kernel releases the GIL and splits its outermost independent axis across
+``n_threads`` OpenMP threads (serially when built without OpenMP).
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+from libc.string cimport memcpy, memset
+
+cdef extern from "convext_omp.h" nogil:
+    int convext_openmp_enabled()
+    int convext_omp_max_threads()
+    int CONVEXT_CYTHON_DEBUG
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(convext_openmp_enabled())
+
+
+def bounds_checked():
+    """True when the extension was compiled with Cython's bounds checks on."""
+    return bool(CONVEXT_CYTHON_DEBUG)
+
+
+def omp_max_threads():
+    """The OpenMP runtime's default thread count (1 without OpenMP)."""
+    return convext_omp_max_threads()
+
+
+# ---------------------------------------------------------------------------
+# Zero padding
+
+def pad2d(
+    const floating[:, :, :, ::1] x,     # (N, H, W, C)
+    floating[:, :, :, ::1] out,         # (N, H + PT + PB, W + PL + PR, C)
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+    int n_threads,
+):
+    """Copy x into the interior of out and zero the border."""
+    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1]
+    cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t n, y
+    cdef size_t row_bytes = width * channels * sizeof(floating)
+
+    # The padded rows are zeroed whole, then each input row is copied over its middle.
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        memset(&out[n, 0, 0, 0], 0, out.shape[1] * out.shape[2] * channels
+               * sizeof(floating))
+        for y in range(height):
+            memcpy(&out[n, y + pad_top, pad_left, 0], &x[n, y, 0, 0], row_bytes)
+
+
+def pad2d_backward(
+    const floating[:, :, :, ::1] dout,  # (N, H + PT + PB, W + PL + PR, C)
+    floating[:, :, :, ::1] dx,          # (N, H, W, C)
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+    int n_threads,
+):
+    """The gradient of pad2d: the interior of dout, copied into dx."""
+    cdef Py_ssize_t n_batch = dx.shape[0], height = dx.shape[1]
+    cdef Py_ssize_t width = dx.shape[2], channels = dx.shape[3]
+    cdef Py_ssize_t n, y
+    cdef size_t row_bytes = width * channels * sizeof(floating)
+
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        for y in range(height):
+            memcpy(&dx[n, y, 0, 0], &dout[n, y + pad_top, pad_left, 0], row_bytes)
+
+
+# ---------------------------------------------------------------------------
+# Convolution by im2col: one row of cols per output pixel, one column per tap
+
+def im2col(
+    const floating[:, :, :, ::1] x,     # (N, H, W, C)
+    floating[:, ::1] cols,              # (N * OH * OW, KH * KW * C)
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+    Py_ssize_t out_h,
+    Py_ssize_t out_w,
+    int n_threads,
+):
+    """Gather each output pixel's receptive field into a row of cols.
+
+    Column index of tap (ky, kx, c) is (ky * KW + kx) * C + c, the order of a
+    (KH, KW, C, F) weight array reshaped to (KH * KW * C, F). Taps that fall in the
+    zero padding are written as zeros, so no padded copy of x is made.
+    """
+    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1]
+    cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t n, oy, ox, ky, kx, iy, ix0, ix, row, col
+    cdef Py_ssize_t span = kernel_w * channels
+    cdef size_t elem = sizeof(floating)
+
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                row = (n * out_h + oy) * out_w + ox
+                ix0 = ox * stride_w - pad_left
+                for ky in range(kernel_h):
+                    iy = oy * stride_h - pad_top + ky
+                    col = ky * span
+                    if iy < 0 or iy >= height:
+                        memset(&cols[row, col], 0, span * elem)
+                    elif ix0 >= 0 and ix0 + kernel_w <= width:
+                        # The whole kernel row lies inside x: one contiguous copy.
+                        memcpy(&cols[row, col], &x[n, iy, ix0, 0], span * elem)
+                    else:
+                        for kx in range(kernel_w):
+                            ix = ix0 + kx
+                            if ix < 0 or ix >= width:
+                                memset(&cols[row, col + kx * channels], 0,
+                                       channels * elem)
+                            else:
+                                memcpy(&cols[row, col + kx * channels], &x[n, iy, ix, 0],
+                                       channels * elem)
+
+
+def col2im(
+    const floating[:, ::1] dcols,       # (N * OH * OW, KH * KW * C)
+    floating[:, :, :, ::1] dx,          # (N, H, W, C), overwritten
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+    Py_ssize_t out_h,
+    Py_ssize_t out_w,
+    int n_threads,
+):
+    """Scatter-add each row of dcols back onto the input pixels it was read from.
+
+    The adjoint of im2col: taps in the padding are dropped. Threads split the batch,
+    so no two threads ever add into the same sample of dx.
+    """
+    cdef Py_ssize_t n_batch = dx.shape[0], height = dx.shape[1]
+    cdef Py_ssize_t width = dx.shape[2], channels = dx.shape[3]
+    cdef Py_ssize_t n, oy, ox, ky, kx, iy, ix, c, row, col
+    cdef floating *dx_px
+    cdef const floating *dcols_px
+
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        memset(&dx[n, 0, 0, 0], 0, height * width * channels * sizeof(floating))
+        for oy in range(out_h):
+            for ox in range(out_w):
+                row = (n * out_h + oy) * out_w + ox
+                for ky in range(kernel_h):
+                    iy = oy * stride_h - pad_top + ky
+                    if iy < 0 or iy >= height:
+                        continue
+                    for kx in range(kernel_w):
+                        ix = ox * stride_w - pad_left + kx
+                        if ix < 0 or ix >= width:
+                            continue
+                        col = (ky * kernel_w + kx) * channels
+                        dx_px = &dx[n, iy, ix, 0]
+                        dcols_px = &dcols[row, col]
+                        for c in range(channels):
+                            dx_px[c] = dx_px[c] + dcols_px[c]
+
+
+def conv2d_single_channel_forward(
+    const floating[:, :, :, ::1] x,     # (N, H, W, 1)
+    const floating[:, ::1] weights,     # (KH * KW, F)
+    const floating[::1] bias,           # (F,)
+    floating[:, :, :, ::1] out,         # (N, OH, OW, F)
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+    int n_threads,
+):
+    """Direct convolution of a one-channel input.
+
+    With C = 1 the im2col product has an inner dimension of only KH * KW, where a
+    GEMM runs far below its peak; this loop over the taps, with the F filters as the
+    contiguous inner axis, needs no column buffer at all.
+    """
+    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1], width = x.shape[2]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    cdef Py_ssize_t n_filters = out.shape[3]
+    cdef Py_ssize_t n, oy, ox, ky, kx, iy, ix, f
+    cdef floating pixel
+    cdef floating *out_px
+    cdef const floating *w_tap
+
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                out_px = &out[n, oy, ox, 0]
+                for f in range(n_filters):
+                    out_px[f] = bias[f]
+                for ky in range(kernel_h):
+                    iy = oy * stride_h - pad_top + ky
+                    if iy < 0 or iy >= height:
+                        continue
+                    for kx in range(kernel_w):
+                        ix = ox * stride_w - pad_left + kx
+                        if ix < 0 or ix >= width:
+                            continue
+                        pixel = x[n, iy, ix, 0]
+                        w_tap = &weights[ky * kernel_w + kx, 0]
+                        for f in range(n_filters):
+                            out_px[f] = out_px[f] + pixel * w_tap[f]
+
+
+def conv2d_single_channel_weight_grad(
+    const floating[:, :, :, ::1] x,     # (N, H, W, 1)
+    const floating[:, :, :, ::1] dout,  # (N, OH, OW, F)
+    double[:, :, ::1] partial,          # (T, KH * KW, F) scratch, one slab per thread
+    floating[:, ::1] dweights,          # (KH * KW, F), overwritten
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+):
+    """Weight gradient of a one-channel convolution, without a column buffer.
+
+    Thread t sums the samples of its share of the batch into partial[t] (in double
+    precision); the slabs are then added in a fixed order, so the result does not
+    depend on how the work was scheduled.
+    """
+    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1], width = x.shape[2]
+    cdef Py_ssize_t out_h = dout.shape[1], out_w = dout.shape[2]
+    cdef Py_ssize_t n_filters = dout.shape[3], n_taps = kernel_h * kernel_w
+    cdef Py_ssize_t n_chunks = partial.shape[0]
+    cdef Py_ssize_t t, n, oy, ox, ky, kx, iy, ix, f, tap, first, last
+    cdef double pixel
+    cdef double *acc
+    cdef const floating *dout_px
+
+    # pass 1: per-thread sums over a contiguous block of samples
+    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
+        memset(&partial[t, 0, 0], 0, n_taps * n_filters * sizeof(double))
+        first = t * n_batch // n_chunks
+        last = (t + 1) * n_batch // n_chunks
+        for n in range(first, last):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    dout_px = &dout[n, oy, ox, 0]
+                    for ky in range(kernel_h):
+                        iy = oy * stride_h - pad_top + ky
+                        if iy < 0 or iy >= height:
+                            continue
+                        for kx in range(kernel_w):
+                            ix = ox * stride_w - pad_left + kx
+                            if ix < 0 or ix >= width:
+                                continue
+                            pixel = x[n, iy, ix, 0]
+                            acc = &partial[t, ky * kernel_w + kx, 0]
+                            for f in range(n_filters):
+                                acc[f] = acc[f] + pixel * dout_px[f]
+
+    # pass 2: add the slabs in order
+    for tap in range(n_taps):
+        for f in range(n_filters):
+            pixel = 0.0
+            for t in range(n_chunks):
+                pixel = pixel + partial[t, tap, f]
+            dweights[tap, f] = <floating>pixel
+
+
+def sum_rows(
+    const floating[:, ::1] values,      # (M, F)
+    double[:, ::1] partial,             # (T, F) scratch
+    floating[::1] out,                  # (F,), overwritten
+):
+    """Column sums of a 2-D array (the bias gradient), split over T threads."""
+    cdef Py_ssize_t n_rows = values.shape[0], n_cols = values.shape[1]
+    cdef Py_ssize_t n_chunks = partial.shape[0]
+    cdef Py_ssize_t t, i, j
+    cdef double total
+
+    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
+        memset(&partial[t, 0], 0, n_cols * sizeof(double))
+        for i in range(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks):
+            for j in range(n_cols):
+                partial[t, j] += values[i, j]
+
+    for j in range(n_cols):
+        total = 0.0
+        for t in range(n_chunks):
+            total = total + partial[t, j]
+        out[j] = <floating>total
+
+
+# ---------------------------------------------------------------------------
+# Max-pooling
+
+def maxpool2d_forward(
+    const floating[:, :, :, ::1] x,     # (N, H, W, C)
+    floating[:, :, :, ::1] out,         # (N, OH, OW, C)
+    int[:, :, :, ::1] argmax,           # (N, OH, OW, C): y * W + x of each maximum
+    Py_ssize_t pool_h,
+    Py_ssize_t pool_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    int n_threads,
+):
+    """Max over each pool window, channel by channel, remembering where it was.
+
+    Windows lie wholly inside x (no padding). Of equal values the first in row-major
+    window order wins; a NaN anywhere in the window makes the maximum NaN.
+    """
+    cdef Py_ssize_t n_batch = x.shape[0], width = x.shape[2], channels = x.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    cdef Py_ssize_t n, oy, ox, ky, kx, iy, ix, c
+    cdef int where
+    cdef floating *best
+    cdef int *best_at
+    cdef const floating *px
+
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                best = &out[n, oy, ox, 0]
+                best_at = &argmax[n, oy, ox, 0]
+                # Start from the window's first pixel, then visit the others with the
+                # channels as the contiguous inner loop.
+                iy = oy * stride_h
+                ix = ox * stride_w
+                px = &x[n, iy, ix, 0]
+                where = <int>(iy * width + ix)
+                for c in range(channels):
+                    best[c] = px[c]
+                    best_at[c] = where
+                for ky in range(pool_h):
+                    for kx in range(pool_w):
+                        if ky == 0 and kx == 0:
+                            continue
+                        px = &x[n, iy + ky, ix + kx, 0]
+                        where = <int>((iy + ky) * width + ix + kx)
+                        for c in range(channels):
+                            if px[c] > best[c] or px[c] != px[c]:
+                                best[c] = px[c]
+                                best_at[c] = where
+
+
+def maxpool2d_backward(
+    const floating[:, :, :, ::1] dout,  # (N, OH, OW, C)
+    const int[:, :, :, ::1] argmax,     # (N, OH, OW, C)
+    floating[:, :, :, ::1] dx,          # (N, H, W, C), overwritten
+    int n_threads,
+):
+    """Route each output gradient to the input pixel that held the maximum."""
+    cdef Py_ssize_t n_batch = dx.shape[0], height = dx.shape[1]
+    cdef Py_ssize_t width = dx.shape[2], channels = dx.shape[3]
+    cdef Py_ssize_t out_h = dout.shape[1], out_w = dout.shape[2]
+    cdef Py_ssize_t n, oy, ox, c
+    cdef floating *dx_n
+
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        dx_n = &dx[n, 0, 0, 0]
+        memset(dx_n, 0, height * width * channels * sizeof(floating))
+        for oy in range(out_h):
+            for ox in range(out_w):
+                for c in range(channels):
+                    dx_n[argmax[n, oy, ox, c] * channels + c] += dout[n, oy, ox, c]
+
+
+# ---------------------------------------------------------------------------
+# Batch normalisation over the rows of an (M, C) view
+
+def batchnorm_forward(
+    const floating[:, ::1] x,           # (M, C)
+    const floating[::1] gamma,          # (C,)
+    const floating[::1] beta,           # (C,)
+    double eps,
+    double[:, ::1] partial,             # (T, C) scratch
+    floating[:, ::1] x_hat,             # (M, C) out: normalised x
+    floating[:, ::1] y,                 # (M, C) out: gamma * x_hat + beta
+    floating[::1] mean,                 # (C,) out
+    floating[::1] var,                  # (C,) out: biased variance
+    floating[::1] inv_std,              # (C,) out: 1 / sqrt(var + eps)
+):
+    """Normalise each column by its batch mean and variance, then scale and shift.
+
+    Two passes over x (mean, then squared deviations) in double precision, which
+    stays accurate where E[x^2] - E[x]^2 would cancel.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
+    cdef Py_ssize_t n_chunks = partial.shape[0]
+    cdef Py_ssize_t t, i, j
+    cdef double total, deviation
+
+    # pass 1: column means
+    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
+        memset(&partial[t, 0], 0, n_cols * sizeof(double))
+        for i in range(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks):
+            for j in range(n_cols):
+                partial[t, j] += x[i, j]
+    for j in range(n_cols):
+        total = 0.0
+        for t in range(n_chunks):
+            total = total + partial[t, j]
+        mean[j] = <floating>(total / n_rows)
+
+    # pass 2: column variances about the mean
+    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
+        memset(&partial[t, 0], 0, n_cols * sizeof(double))
+        for i in range(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks):
+            for j in range(n_cols):
+                deviation = x[i, j] - mean[j]
+                partial[t, j] += deviation * deviation
+    for j in range(n_cols):
+        total = 0.0
+        for t in range(n_chunks):
+            total = total + partial[t, j]
+        var[j] = <floating>(total / n_rows)
+        inv_std[j] = <floating>(1.0 / sqrt(total / n_rows + eps))
+
+    # pass 3: normalise, scale and shift
+    for i in prange(n_rows, nogil=True, num_threads=n_chunks, schedule="static"):
+        for j in range(n_cols):
+            x_hat[i, j] = (x[i, j] - mean[j]) * inv_std[j]
+            y[i, j] = gamma[j] * x_hat[i, j] + beta[j]
+
+
+def batchnorm_backward(
+    const floating[:, ::1] dy,          # (M, C)
+    const floating[:, ::1] x_hat,       # (M, C)
+    const floating[::1] gamma,          # (C,)
+    const floating[::1] inv_std,        # (C,)
+    double[:, :, ::1] partial,          # (T, 2, C) scratch
+    floating[:, ::1] dx,                # (M, C) out
+    floating[::1] dgamma,               # (C,) out
+    floating[::1] dbeta,                # (C,) out
+):
+    """Gradients of batchnorm_forward with batch statistics.
+
+    dbeta = sum(dy), dgamma = sum(dy * x_hat), and
+    dx = gamma * inv_std * (dy - (dbeta + x_hat * dgamma) / M).
+    """
+    cdef Py_ssize_t n_rows = dy.shape[0], n_cols = dy.shape[1]
+    cdef Py_ssize_t n_chunks = partial.shape[0]
+    cdef Py_ssize_t t, i, j
+    cdef double sum_dy, sum_dy_xhat
+
+    # pass 1: the two column sums
+    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
+        memset(&partial[t, 0, 0], 0, 2 * n_cols * sizeof(double))
+        for i in range(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks):
+            for j in range(n_cols):
+                partial[t, 0, j] += dy[i, j]
+                partial[t, 1, j] += dy[i, j] * x_hat[i, j]
+    for j in range(n_cols):
+        sum_dy = 0.0
+        sum_dy_xhat = 0.0
+        for t in range(n_chunks):
+            sum_dy = sum_dy + partial[t, 0, j]
+            sum_dy_xhat = sum_dy_xhat + partial[t, 1, j]
+        dbeta[j] = <floating>sum_dy
+        dgamma[j] = <floating>sum_dy_xhat
+        # Kept for pass 2 as the per-column means of the two sums.
+        partial[0, 0, j] = sum_dy / n_rows
+        partial[0, 1, j] = sum_dy_xhat / n_rows
+
+    # pass 2: the input gradient
+    for i in prange(n_rows, nogil=True, num_threads=n_chunks, schedule="static"):
+        for j in range(n_cols):
+            dx[i, j] = <floating>(gamma[j] * inv_std[j] * (
+                dy[i, j] - partial[0, 0, j] - x_hat[i, j] * partial[0, 1, j]))
+
+
+def scale_shift(
+    const floating[:, ::1] x,           # (M, C)
+    const floating[::1] scale,          # (C,)
+    const floating[::1] shift,          # (C,)
+    floating[:, ::1] y,                 # (M, C) out
+    int n_threads,
+):
+    """y = x * scale + shift per column: batch-norm with fixed statistics."""
+    cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
+    cdef Py_ssize_t i, j
+
+    for i in prange(n_rows, nogil=True, num_threads=n_threads, schedule="static"):
+        for j in range(n_cols):
+            y[i, j] = x[i, j] * scale[j] + shift[j]
+
+
+# ---------------------------------------------------------------------------
+# ReLU over flat views
+
+def relu_forward(
+    const floating[::1] x,              # (M,)
+    floating[::1] y,                    # (M,) out, may be x's own buffer
+    int n_threads,
+):
+    """y = max(x, 0); NaN stays NaN."""
+    cdef Py_ssize_t size = x.shape[0], i
+
+    for i in prange(size, nogil=True, num_threads=n_threads, schedule="static"):
+        y[i] = x[i] if not x[i] < 0 else 0
+
+
+def relu_backward(
+    const floating[::1] dy,             # (M,)
+    const floating[::1] y,              # (M,) the forward output
+    floating[::1] dx,                   # (M,) out, may be dy's own buffer
+    int n_threads,
+):
+    """dx = dy where the forward output was positive, else 0."""
+    cdef Py_ssize_t size = dy.shape[0], i
+
+    for i in prange(size, nogil=True, num_threads=n_threads, schedule="static"):
+        dx[i] = dy[i] if y[i] > 0 else 0

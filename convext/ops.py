@@ -1,0 +1,661 @@
+"""NHWC operations of a convolutional network, forward and backward.
+
+Shape legend:
+    N batch, H/W input height and width, C input channels, F filters,
+    KH/KW kernel height and width, SH/SW strides, OH/OW output height and width,
+    PT/PB/PL/PR zero padding at the top, bottom, left and right.
+
+Activations are ``(N, H, W, C)`` and convolution weights ``(KH, KW, C, F)``. A
+convolution's output size is ``OH = (H + PT + PB - KH) // SH + 1`` (likewise OW).
+
+Every function here checks its arguments, then runs a compiled kernel from
+``convext._kernels`` without the GIL. The dtype rule, the same everywhere: the
+arrays are computed in ``numpy.result_type(*arrays, numpy.float32)``, which must be
+float32 or float64. So float32 stays float32, float64 stays float64, float16 and
+small integers become float32, and int64 becomes float64; complex, object and
+string arrays raise TypeError. Arrays that are not C-contiguous, or not in native
+byte order, are copied; read-only arrays are accepted as inputs.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from convext import _kernels
+from convext._threads import get_num_threads
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Workspace:
+    """Buffers kept between calls, so that a training step does not allocate.
+
+    ``get`` hands back the same array for the same name while shape and dtype stay
+    the same; the contents are whatever the last user left there.
+    """
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, name, shape, dtype):
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = np.empty(shape, dtype=dtype)
+            self._buffers[name] = buffer
+        return buffer
+
+    def clear(self):
+        self._buffers.clear()
+
+
+# ---------------------------------------------------------------------------
+# Argument checks
+
+
+def compute_dtype(func, **arrays):
+    """The floating dtype that the named arrays are computed in (see module doc)."""
+    dtypes = []
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        if not isinstance(value, np.ndarray):
+            raise TypeError(
+                f"{func}: {name} must be a numpy.ndarray, got {type(value).__name__}"
+            )
+        if value.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{func}: {name} must hold real numbers, got dtype {value.dtype}"
+            )
+        dtypes.append(value.dtype)
+    dtype = np.result_type(*dtypes, np.float32)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{func}: arrays of dtypes {[str(d) for d in dtypes]} would be computed "
+            f"in {dtype}; only float32 and float64 are supported"
+        )
+    return dtype
+
+
+def as_array(func, name, value, ndim, layout, dtype):
+    """value as a C-contiguous, native-order array of dtype with ndim dimensions."""
+    if value.ndim != ndim:
+        raise ValueError(
+            f"{func}: {name} must be {ndim}-D {layout}, got shape {value.shape}"
+        )
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def as_pair(func, name, value, minimum):
+    """An int or a pair of ints, each at least minimum, as a tuple of two ints."""
+    pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(pair) != 2 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair
+    ):
+        raise TypeError(f"{func}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class ConvGeometry(NamedTuple):
+    """Where a kernel of size (KH, KW) lands on an (H, W) input."""
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+    out_h: int
+    out_w: int
+
+
+def resolve_padding(func, padding, size, kernel, stride):
+    """Padding before and after one axis for an int, "same" or "valid" padding.
+
+    "same" gives ``ceil(size / stride)`` outputs, splitting the padding with the odd
+    pixel at the end, as TensorFlow and Keras do.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0
+        if padding == "same":
+            out = math.ceil(size / stride)
+            total = max((out - 1) * stride + kernel - size, 0)
+            return total // 2, total - total // 2
+        raise ValueError(
+            f"{func}: padding must be an int >= 0, a pair of them, 'same' or 'valid', "
+            f"got {padding!r}"
+        )
+    return padding, padding
+
+
+def conv_geometry(func, input_hw, kernel, stride, padding):
+    """Check kernel, stride and padding against an (H, W) input; a ConvGeometry."""
+    kernel_h, kernel_w = as_pair(func, "kernel size", kernel, 1)
+    stride_h, stride_w = as_pair(func, "stride", stride, 1)
+    if isinstance(padding, str):
+        pad_h = pad_w = padding
+    else:
+        pad_h, pad_w = as_pair(func, "padding", padding, 0)
+    pad_top, pad_bottom = resolve_padding(func, pad_h, input_hw[0], kernel_h, stride_h)
+    pad_left, pad_right = resolve_padding(func, pad_w, input_hw[1], kernel_w, stride_w)
+
+    padded_h = input_hw[0] + pad_top + pad_bottom
+    padded_w = input_hw[1] + pad_left + pad_right
+    if kernel_h > padded_h or kernel_w > padded_w:
+        raise ValueError(
+            f"{func}: kernel size ({kernel_h}, {kernel_w}) must fit in the padded "
+            f"input ({padded_h}, {padded_w}) (input {tuple(input_hw)}, padding "
+            f"{padding!r})"
+        )
+    return ConvGeometry(
+        kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left,
+        pad_right,
+        out_h=(padded_h - kernel_h) // stride_h + 1,
+        out_w=(padded_w - kernel_w) // stride_w + 1,
+    )
+
+
+def _output_like(func, out, x):
+    """out checked to be a writable C-contiguous array like x, or a new one."""
+    if out is None:
+        return np.empty_like(x)
+    if (not isinstance(out, np.ndarray) or out.shape != x.shape
+            or out.dtype != x.dtype or not out.flags.c_contiguous
+            or not out.flags.writeable):
+        raise ValueError(
+            f"{func}: out must be a writable C-contiguous {x.dtype} array of shape "
+            f"{x.shape}, got {getattr(out, 'dtype', type(out).__name__)} "
+            f"{getattr(out, 'shape', '')}"
+        )
+    return out
+
+
+def _check_same_shape(func, name, value, expected_shape):
+    if value.shape != tuple(expected_shape):
+        raise ValueError(
+            f"{func}: {name} must have shape {tuple(expected_shape)}, "
+            f"got {value.shape}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Zero padding
+
+
+def _pad_amounts(func, pad):
+    """pad as ((PT, PB), (PL, PR)) from an int, (PH, PW) or ((PT, PB), (PL, PR))."""
+    if isinstance(pad, (tuple, list)) and len(pad) == 2 and all(
+        isinstance(p, (tuple, list)) for p in pad
+    ):
+        top, bottom = as_pair(func, "pad", pad[0], 0)
+        left, right = as_pair(func, "pad", pad[1], 0)
+        return (top, bottom), (left, right)
+    pad_h, pad_w = as_pair(func, "pad", pad, 0)
+    return (pad_h, pad_h), (pad_w, pad_w)
+
+
+def zero_pad(x, pad):
+    """Surround each image with zeros.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C)
+    pad : int, (PH, PW) or ((PT, PB), (PL, PR))
+
+    Returns
+    -------
+    ndarray of shape (N, H + PT + PB, W + PL + PR, C)
+    """
+    dtype = compute_dtype("zero_pad", x=x)
+    x = as_array("zero_pad", "x", x, 4, "(N, H, W, C)", dtype)
+    (top, bottom), (left, right) = _pad_amounts("zero_pad", pad)
+
+    n, h, w, c = x.shape
+    out = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype)
+    _kernels.pad2d(x, out, top, left, get_num_threads())
+    return out
+
+
+def zero_pad_backward(dout, pad):
+    """Gradient of zero_pad: the interior of dout.
+
+    Parameters
+    ----------
+    dout : ndarray of shape (N, H + PT + PB, W + PL + PR, C)
+    pad : the pad given to zero_pad
+
+    Returns
+    -------
+    ndarray of shape (N, H, W, C)
+    """
+    dtype = compute_dtype("zero_pad_backward", dout=dout)
+    dout = as_array("zero_pad_backward", "dout", dout, 4, "(N, H, W, C)", dtype)
+    (top, bottom), (left, right) = _pad_amounts("zero_pad_backward", pad)
+    n, padded_h, padded_w, c = dout.shape
+    if top + bottom >= padded_h or left + right >= padded_w:
+        raise ValueError(
+            f"zero_pad_backward: pad {pad!r} must leave at least one pixel of dout "
+            f"of shape {dout.shape}"
+        )
+
+    dx = np.empty((n, padded_h - top - bottom, padded_w - left - right, c), dtype)
+    _kernels.pad2d_backward(dout, dx, top, left, get_num_threads())
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+
+
+def _check_conv_args(func, x, weights, bias):
+    """Validated (x, weights, bias) in one dtype for a convolution."""
+    dtype = compute_dtype(func, x=x, weights=weights, bias=bias)
+    x = as_array(func, "x", x, 4, "(N, H, W, C)", dtype)
+    weights = as_array(func, "weights", weights, 4, "(KH, KW, C, F)", dtype)
+    if weights.shape[2] != x.shape[3]:
+        raise ValueError(
+            f"{func}: weights must have {x.shape[3]} input channels (axis 2) to match "
+            f"x of shape {x.shape}, got weights of shape {weights.shape}"
+        )
+    if bias is not None:
+        bias = as_array(func, "bias", bias, 1, "(F,)", dtype)
+        _check_same_shape(func, "bias", bias, weights.shape[3:])
+    return x, weights, bias
+
+
+def conv2d_forward_checked(x, weights, bias, geometry, workspace):
+    """conv2d_forward on arrays that have passed the checks.
+
+    Leaves the im2col matrix of x in workspace["cols"] (except for one input
+    channel, which takes a direct kernel), where conv2d_backward_checked reads it.
+    """
+    n, _, _, c = x.shape
+    kernel_h, kernel_w, _, n_filters = weights.shape
+    g = geometry
+    threads = get_num_threads()
+    out = workspace.get("out", (n, g.out_h, g.out_w, n_filters), x.dtype)
+    if bias is None:
+        bias = workspace.get("zero_bias", (n_filters,), x.dtype)
+        bias[:] = 0
+
+    if c == 1:
+        _kernels.conv2d_single_channel_forward(
+            x, weights.reshape(kernel_h * kernel_w, n_filters), bias, out,
+            kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left, threads,
+        )
+        return out
+
+    # (N * OH * OW, KH * KW * C) @ (KH * KW * C, F) -> (N * OH * OW, F), which is
+    # the NHWC output itself.
+    cols = workspace.get("cols", (n * g.out_h * g.out_w, kernel_h * kernel_w * c),
+                         x.dtype)
+    _kernels.im2col(
+        x, cols, kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+        g.out_h, g.out_w, threads,
+    )
+    out_2d = out.reshape(-1, n_filters)
+    np.matmul(cols, weights.reshape(-1, n_filters), out=out_2d)
+    out_2d += bias
+    return out
+
+
+def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_grad,
+                            cols_ready):
+    """conv2d_backward on checked arrays; cols_ready says workspace holds x's cols."""
+    n, h, w, c = x.shape
+    kernel_h, kernel_w, _, n_filters = weights.shape
+    g = geometry
+    threads = get_num_threads()
+    chunks = max(1, min(threads, dout.shape[0]))
+    dout_2d = dout.reshape(-1, n_filters)                     # (N * OH * OW, F)
+
+    # bias gradient: column sums of dout
+    dbias = np.empty(n_filters, dtype=x.dtype)
+    _kernels.sum_rows(dout_2d, np.empty((chunks, n_filters)), dbias)
+
+    # weight gradient: cols^T @ dout, (KH * KW * C, N * OH * OW) @ (N * OH * OW, F)
+    dweights = np.empty(weights.shape, dtype=x.dtype)
+    if c == 1:
+        _kernels.conv2d_single_channel_weight_grad(
+            x, dout, np.empty((chunks, kernel_h * kernel_w, n_filters)),
+            dweights.reshape(kernel_h * kernel_w, n_filters),
+            kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+        )
+    else:
+        cols = workspace.get("cols", (n * g.out_h * g.out_w, kernel_h * kernel_w * c),
+                             x.dtype)
+        if not cols_ready:
+            _kernels.im2col(
+                x, cols, kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top,
+                g.pad_left, g.out_h, g.out_w, threads,
+            )
+        np.matmul(cols.T, dout_2d, out=dweights.reshape(-1, n_filters))
+
+    if not need_input_grad:
+        return None, dweights, dbias
+
+    # input gradient: dout @ weights^T gives dcols, which col2im adds back onto x
+    dcols = workspace.get("dcols", (dout_2d.shape[0], kernel_h * kernel_w * c),
+                          x.dtype)
+    np.matmul(dout_2d, weights.reshape(-1, n_filters).T, out=dcols)
+    dx = np.empty((n, h, w, c), dtype=x.dtype)
+    _kernels.col2im(
+        dcols, dx, kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+        g.out_h, g.out_w, threads,
+    )
+    return dx, dweights, dbias
+
+
+def conv2d_forward(x, weights, bias=None, stride=1, padding=0):
+    """Two-dimensional convolution (cross-correlation, as in deep learning).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C)
+    weights : ndarray of shape (KH, KW, C, F)
+    bias : ndarray of shape (F,), optional
+    stride : int or (SH, SW)
+    padding : int, (PH, PW), "same" or "valid"
+        Zeros added around each image; "same" keeps ``OH = ceil(H / SH)``.
+
+    Returns
+    -------
+    ndarray of shape (N, OH, OW, F)
+        ``OH = (H + PT + PB - KH) // SH + 1``, likewise OW.
+    """
+    x, weights, bias = _check_conv_args("conv2d_forward", x, weights, bias)
+    geometry = conv_geometry("conv2d_forward", x.shape[1:3], weights.shape[:2],
+                             stride, padding)
+    return conv2d_forward_checked(x, weights, bias, geometry, Workspace()).copy()
+
+
+def conv2d_backward(dout, x, weights, stride=1, padding=0, need_input_grad=True):
+    """Gradients of conv2d_forward with respect to x, weights and bias.
+
+    Parameters
+    ----------
+    dout : ndarray of shape (N, OH, OW, F)
+        Gradient of the loss with respect to the convolution's output.
+    x, weights, stride, padding
+        As given to conv2d_forward.
+    need_input_grad : bool
+        False skips dx (the first layer of a network never needs it).
+
+    Returns
+    -------
+    dx : ndarray of shape (N, H, W, C), or None when need_input_grad is False
+    dweights : ndarray of shape (KH, KW, C, F)
+    dbias : ndarray of shape (F,)
+    """
+    func = "conv2d_backward"
+    x, weights, _ = _check_conv_args(func, x, weights, None)
+    geometry = conv_geometry(func, x.shape[1:3], weights.shape[:2], stride, padding)
+    dtype = compute_dtype(func, dout=dout)
+    if dtype != x.dtype:
+        raise TypeError(f"{func}: dout must have dtype {x.dtype} like x, got {dtype}")
+    dout = as_array(func, "dout", dout, 4, "(N, OH, OW, F)", dtype)
+    _check_same_shape(
+        func, "dout", dout,
+        (x.shape[0], geometry.out_h, geometry.out_w, weights.shape[3]),
+    )
+    return conv2d_backward_checked(dout, x, weights, geometry, Workspace(),
+                                   need_input_grad, cols_ready=False)
+
+
+# ---------------------------------------------------------------------------
+# Max-pooling
+
+
+def maxpool2d_forward(x, pool_size=2, stride=None):
+    """Max-pooling over (pool_h, pool_w) windows, without padding.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C)
+    pool_size : int or (PH, PW)
+    stride : int or (SH, SW), default pool_size
+
+    Returns
+    -------
+    out : ndarray of shape (N, OH, OW, C)
+        ``OH = (H - PH) // SH + 1``; rows and columns past the last whole window
+        are dropped.
+    argmax : int32 ndarray of shape (N, OH, OW, C)
+        ``y * W + x`` of the input pixel that each maximum came from, for
+        maxpool2d_backward.
+    """
+    func = "maxpool2d_forward"
+    dtype = compute_dtype(func, x=x)
+    x = as_array(func, "x", x, 4, "(N, H, W, C)", dtype)
+    pool_h, pool_w = as_pair(func, "pool_size", pool_size, 1)
+    stride_h, stride_w = as_pair(func, "stride", (pool_h, pool_w) if stride is None
+                                 else stride, 1)
+    n, h, w, c = x.shape
+    if pool_h > h or pool_w > w:
+        raise ValueError(
+            f"{func}: pool_size ({pool_h}, {pool_w}) must fit in the input "
+            f"({h}, {w})"
+        )
+    if h * w > np.iinfo(np.int32).max:
+        raise ValueError(f"{func}: images of {h}x{w} pixels are too large to pool")
+
+    out_h, out_w = (h - pool_h) // stride_h + 1, (w - pool_w) // stride_w + 1
+    out = np.empty((n, out_h, out_w, c), dtype=dtype)
+    argmax = np.empty((n, out_h, out_w, c), dtype=np.int32)
+    _kernels.maxpool2d_forward(x, out, argmax, pool_h, pool_w, stride_h, stride_w,
+                               get_num_threads())
+    return out, argmax
+
+
+def maxpool2d_backward(dout, argmax, input_shape):
+    """Gradient of maxpool2d_forward.
+
+    Parameters
+    ----------
+    dout : ndarray of shape (N, OH, OW, C)
+    argmax : int32 ndarray of shape (N, OH, OW, C), from maxpool2d_forward
+    input_shape : (N, H, W, C), the shape of the pooled input
+
+    Returns
+    -------
+    ndarray of shape (N, H, W, C)
+    """
+    func = "maxpool2d_backward"
+    dtype = compute_dtype(func, dout=dout)
+    dout = as_array(func, "dout", dout, 4, "(N, OH, OW, C)", dtype)
+    if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu":
+        raise TypeError(f"{func}: argmax must be the int32 array from "
+                        f"maxpool2d_forward, got {type(argmax).__name__}")
+    _check_same_shape(func, "argmax", argmax, dout.shape)
+    input_shape = tuple(int(s) for s in input_shape)
+    if (len(input_shape) != 4 or input_shape[0] != dout.shape[0]
+            or input_shape[3] != dout.shape[3]):
+        raise ValueError(
+            f"{func}: input_shape must be (N, H, W, C) with N and C of dout "
+            f"{dout.shape}, got {input_shape}"
+        )
+    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
+    pixels = input_shape[1] * input_shape[2]
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= pixels):
+        raise ValueError(
+            f"{func}: argmax must index the {pixels} pixels of input_shape "
+            f"{input_shape}, got values from {argmax.min()} to {argmax.max()}"
+        )
+
+    dx = np.empty(input_shape, dtype=dtype)
+    _kernels.maxpool2d_backward(dout, argmax, dx, get_num_threads())
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# Batch normalisation
+
+
+class BatchNormCache(NamedTuple):
+    """What batchnorm_backward reads from batchnorm_forward; each of shape (C,)
+    except x_hat, the normalised input of shape (..., C)."""
+
+    x_hat: np.ndarray
+    gamma: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    inv_std: np.ndarray
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5, out=None):
+    """Batch normalisation with the statistics of this batch.
+
+    Parameters
+    ----------
+    x : ndarray of shape (..., C)
+        (N, H, W, C) after a convolution or (N, C) after a dense layer; each
+        channel is normalised over all other axes.
+    gamma, beta : ndarrays of shape (C,)
+    eps : float > 0
+    out : ndarray of shape (..., C) and x's dtype, optional
+        Where to write y; a new array when None.
+
+    Returns
+    -------
+    y : ndarray of the shape of x
+    cache : BatchNormCache, with the batch mean and (biased) variance
+    """
+    func = "batchnorm_forward"
+    dtype = compute_dtype(func, x=x, gamma=gamma, beta=beta)
+    if x.ndim < 2:
+        raise ValueError(f"{func}: x must be at least 2-D (..., C), got shape "
+                         f"{x.shape}")
+    x = np.ascontiguousarray(x, dtype=dtype)
+    channels = x.shape[-1]
+    gamma = as_array(func, "gamma", gamma, 1, "(C,)", dtype)
+    beta = as_array(func, "beta", beta, 1, "(C,)", dtype)
+    _check_same_shape(func, "gamma", gamma, (channels,))
+    _check_same_shape(func, "beta", beta, (channels,))
+    if not eps > 0:
+        raise ValueError(f"{func}: eps must be > 0, got {eps!r}")
+    rows = x.size // max(channels, 1)
+    if rows == 0:
+        raise ValueError(f"{func}: x must hold at least one sample, got shape "
+                         f"{x.shape}")
+    out = _output_like(func, out, x)
+
+    x_hat = np.empty_like(x)
+    mean, var, inv_std = (np.empty(channels, dtype) for _ in range(3))
+    chunks = max(1, min(get_num_threads(), rows))
+    _kernels.batchnorm_forward(
+        x.reshape(rows, channels), gamma, beta, float(eps),
+        np.empty((chunks, channels)), x_hat.reshape(rows, channels),
+        out.reshape(rows, channels), mean, var, inv_std,
+    )
+    return out, BatchNormCache(x_hat, gamma, mean, var, inv_std)
+
+
+def batchnorm_backward(dy, cache):
+    """Gradients of batchnorm_forward.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (..., C), the shape of x
+    cache : the BatchNormCache from batchnorm_forward
+
+    Returns
+    -------
+    dx : ndarray of shape (..., C)
+    dgamma, dbeta : ndarrays of shape (C,)
+    """
+    func = "batchnorm_backward"
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError(f"{func}: cache must be the BatchNormCache from "
+                        f"batchnorm_forward, got {type(cache).__name__}")
+    dtype = cache.x_hat.dtype
+    if compute_dtype(func, dy=dy) != dtype:
+        raise TypeError(f"{func}: dy must have dtype {dtype} like x, got {dy.dtype}")
+    _check_same_shape(func, "dy", dy, cache.x_hat.shape)
+    dy = np.ascontiguousarray(dy, dtype=dtype)
+    channels = dy.shape[-1]
+    rows = dy.size // channels
+
+    dx = np.empty_like(dy)
+    dgamma, dbeta = np.empty(channels, dtype), np.empty(channels, dtype)
+    chunks = max(1, min(get_num_threads(), rows))
+    _kernels.batchnorm_backward(
+        dy.reshape(rows, channels), cache.x_hat.reshape(rows, channels), cache.gamma,
+        cache.inv_std, np.empty((chunks, 2, channels)), dx.reshape(rows, channels),
+        dgamma, dbeta,
+    )
+    return dx, dgamma, dbeta
+
+
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    """Batch normalisation with fixed statistics, as in evaluation.
+
+    Parameters
+    ----------
+    x : ndarray of shape (..., C)
+    gamma, beta, running_mean, running_var : ndarrays of shape (C,)
+
+    Returns
+    -------
+    ndarray of the shape of x: ``gamma * (x - mean) / sqrt(var + eps) + beta``
+    """
+    func = "batchnorm_inference"
+    dtype = compute_dtype(func, x=x, gamma=gamma, beta=beta)
+    if x.ndim < 2:
+        raise ValueError(f"{func}: x must be at least 2-D (..., C), got shape "
+                         f"{x.shape}")
+    x = np.ascontiguousarray(x, dtype=dtype)
+    channels = x.shape[-1]
+    for name, value in (("gamma", gamma), ("beta", beta),
+                        ("running_mean", running_mean), ("running_var", running_var)):
+        _check_same_shape(func, name, np.asarray(value), (channels,))
+
+    scale = (np.asarray(gamma, np.float64)
+             / np.sqrt(np.asarray(running_var, np.float64) + eps))
+    shift = np.asarray(beta, np.float64) - np.asarray(running_mean, np.float64) * scale
+    y = np.empty_like(x)
+    rows = x.size // max(channels, 1)
+    _kernels.scale_shift(x.reshape(rows, channels), scale.astype(dtype),
+                         shift.astype(dtype), y.reshape(rows, channels),
+                         get_num_threads())
+    return y
+
+
+# ---------------------------------------------------------------------------
+# ReLU
+
+
+def relu_forward(x, out=None):
+    """max(x, 0), elementwise; NaN stays NaN.
+
+    Parameters
+    ----------
+    x : ndarray of any shape
+    out : ndarray like x, optional; may be x itself for an in-place ReLU
+    """
+    dtype = compute_dtype("relu_forward", x=x)
+    x = np.ascontiguousarray(x, dtype=dtype)
+    out = _output_like("relu_forward", out, x)
+    _kernels.relu_forward(x.reshape(-1), out.reshape(-1), get_num_threads())
+    return out
+
+
+def relu_backward(dy, y):
+    """Gradient of relu_forward given its output y: dy where y > 0, else 0.
+
+    Parameters
+    ----------
+    dy, y : ndarrays of one shape
+    """
+    dtype = compute_dtype("relu_backward", dy=dy, y=y)
+    _check_same_shape("relu_backward", "dy", dy, y.shape)
+    dy = np.ascontiguousarray(dy, dtype=dtype)
+    y = np.ascontiguousarray(y, dtype=dtype)
+    dx = np.empty_like(dy)
+    _kernels.relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1),
+                           get_num_threads())
+    return dx

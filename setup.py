@@ -1,0 +1,118 @@
+"""Build script for convext's compiled kernels.
+
+Switches read from the environment at build time:
+
+CONVEXT_NO_OPENMP=1     build without OpenMP even where the compiler has it.
+CONVEXT_CYTHON_DEBUG=1  turn Cython's bounds, wraparound and initialisation checks on,
+                        so that an out-of-bounds index raises IndexError instead of
+                        corrupting memory (slow; for testing).
+"""
+
+import os
+import subprocess
+import tempfile
+import textwrap
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+OPENMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) {
+        int threads = 0;
+        #pragma omp parallel reduction(+:threads)
+        threads += 1;
+        return threads > 0 ? 0 : 1;
+    }
+    """
+)
+
+# Flags per compiler family, picked in build_extensions once the compiler is known.
+COMPILE_ARGS = {
+    "unix": ["-O3", "-std=c11", "-fno-math-errno"],
+    "msvc": ["/O2"],
+}
+OPENMP_ARGS = {
+    "unix": (["-fopenmp"], ["-fopenmp"]),
+    "msvc": (["/openmp"], []),
+}
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip() not in ("", "0", "false", "False")
+
+
+def cython_directives():
+    checks = env_flag("CONVEXT_CYTHON_DEBUG")
+    return {
+        "language_level": 3,
+        "boundscheck": checks,
+        "wraparound": False,
+        "initializedcheck": checks,
+        "cdivision": not checks,
+        "embedsignature": True,
+    }
+
+
+def compiler_has_openmp(compiler, compile_args, link_args):
+    """Compile, link and run a tiny OpenMP program; True when all three work."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "probe.c")
+        with open(source, "w") as f:
+            f.write(OPENMP_PROBE)
+        try:
+            objects = compiler.compile(
+                [source], output_dir=tmp, extra_postargs=compile_args
+            )
+            program = os.path.join(tmp, "probe")
+            compiler.link_executable(
+                objects, program, extra_postargs=link_args
+            )
+            subprocess.run([program], check=True, capture_output=True)
+        except Exception:
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        family = self.compiler.compiler_type
+        compile_args = list(COMPILE_ARGS.get(family, []))
+        link_args = []
+
+        use_openmp = False
+        if not env_flag("CONVEXT_NO_OPENMP") and family in OPENMP_ARGS:
+            omp_compile, omp_link = OPENMP_ARGS[family]
+            use_openmp = compiler_has_openmp(self.compiler, omp_compile, omp_link)
+            if use_openmp:
+                compile_args += omp_compile
+                link_args += omp_link
+            else:
+                self.warn("the C compiler has no OpenMP: building single-threaded kernels")
+
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args + ext.extra_compile_args
+            ext.extra_link_args = link_args + ext.extra_link_args
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        "convext._kernels",
+        sources=["convext/_kernels.pyx"],
+        include_dirs=[np.get_include(), "csrc"],
+        define_macros=[
+            ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+            ("CONVEXT_CYTHON_DEBUG", "1" if env_flag("CONVEXT_CYTHON_DEBUG") else "0"),
+        ],
+        depends=["csrc/convext_omp.h"],
+    ),
+]
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives=cython_directives()),
+    cmdclass={"build_ext": BuildExt},
+)
