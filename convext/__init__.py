@@ -1,1 +1,61 @@
-"""convext"""
+"""convext: convolutional networks whose hot kernels are typed Cython.
+
+Convolution, zero padding, max-pooling, batch-norm and ReLU run as compiled NHWC
+kernels; this package adds the layers, the loss, the optimizers and a Keras-style
+Sequential model with fit, evaluate, predict, save and load.
+"""
+
+from convext._threads import get_num_threads, set_num_threads
+from convext.layers import BatchNorm, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
+from convext.losses import softmax, softmax_cross_entropy
+from convext.model import (
+    Sequential,
+    TrainingDiverged,
+    default_architecture,
+    load_model,
+)
+from convext.ops import (
+    batchnorm_backward,
+    batchnorm_forward,
+    conv2d_backward,
+    conv2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+    relu_backward,
+    relu_forward,
+    zero_pad,
+    zero_pad_backward,
+)
+from convext.optim import SGD, Adam, Optimizer
+
+__version__ = "0.1.0"
+
+
+def build_info():
+    """How this copy of convext was built and what it runs on: a dict."""
+    from threadpoolctl import threadpool_info
+
+    from convext import _kernels
+
+    blas = [
+        f"{pool.get('internal_api')} {pool.get('version')} "
+        f"({pool.get('num_threads')} threads)"
+        for pool in threadpool_info() if pool.get("user_api") == "blas"
+    ]
+    return {
+        "version": __version__,
+        "openmp": _kernels.openmp_enabled(),
+        "bounds_checked": _kernels.bounds_checked(),
+        "threads": get_num_threads(),
+        "blas": blas,
+    }
+
+
+__all__ = [
+    "Adam", "BatchNorm", "Conv2D", "Dense", "Flatten", "Layer", "MaxPool2D",
+    "Optimizer", "ReLU", "SGD", "Sequential", "TrainingDiverged", "batchnorm_backward",
+    "batchnorm_forward", "build_info", "conv2d_backward", "conv2d_forward",
+    "default_architecture", "get_num_threads", "load_model", "maxpool2d_backward",
+    "maxpool2d_forward", "relu_backward", "relu_forward", "set_num_threads",
+    "softmax", "softmax_cross_entropy", "zero_pad", "zero_pad_backward",
+]

@@ -21,6 +21,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 cdef extern from "convext_omp.h" nogil:
     int convext_openmp_enabled()
@@ -83,6 +84,78 @@ def pad2d_backward(
     for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
         for y in range(height):
             memcpy(&dx[n, y, 0, 0], &dout[n, y + pad_top, pad_left, 0], row_bytes)
+
+
+# ---------------------------------------------------------------------------
+# Matrix products: the BLAS, one row block per thread
+
+cdef void gemm_block(
+    bint trans_a,
+    bint trans_b,
+    int rows,
+    int cols,
+    int inner,
+    const floating *a,
+    int lda,
+    const floating *b,
+    int ldb,
+    floating beta,
+    floating *c,
+    int ldc,
+) noexcept nogil:
+    """Row-major c = op(a) @ op(b) + beta * c for one block of rows, as the
+    column-major product c^T = op(b)^T @ op(a)^T that the BLAS computes."""
+    cdef char trans_b_flag = b'T' if trans_b else b'N'
+    cdef char trans_a_flag = b'T' if trans_a else b'N'
+    cdef floating alpha = 1
+
+    if floating is float:
+        sgemm(&trans_b_flag, &trans_a_flag, &cols, &rows, &inner, &alpha,
+              <float *>b, &ldb, <float *>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&trans_b_flag, &trans_a_flag, &cols, &rows, &inner, &alpha,
+              <double *>b, &ldb, <double *>a, &lda, &beta, c, &ldc)
+
+
+def gemm(
+    const floating[:, ::1] a,           # (M, K), or (K, M) when trans_a
+    const floating[:, ::1] b,           # (K, N), or (N, K) when trans_b
+    floating[:, ::1] c,                 # (M, N)
+    bint trans_a,
+    bint trans_b,
+    bint accumulate,
+    int n_threads,
+):
+    """c = op(a) @ op(b), or c += op(a) @ op(b) when accumulate.
+
+    The rows of c are split into n_threads blocks and each thread calls the BLAS on
+    its own block, so the BLAS must run single-threaded here (convext limits it
+    while its kernels run); the OpenMP threads are then the only ones working.
+    """
+    cdef Py_ssize_t n_rows = c.shape[0], n_cols = c.shape[1]
+    cdef Py_ssize_t inner = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t n_chunks = min(<Py_ssize_t>max(n_threads, 1), max(n_rows, 1))
+    cdef Py_ssize_t t, first, last
+    cdef floating beta = 1 if accumulate else 0
+    cdef const floating *a_block
+
+    if n_rows == 0 or n_cols == 0:
+        return
+    if inner == 0:
+        if not accumulate:
+            for t in range(n_rows):
+                memset(&c[t, 0], 0, n_cols * sizeof(floating))
+        return
+    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
+        first = t * n_rows // n_chunks
+        last = (t + 1) * n_rows // n_chunks
+        if last == first:
+            continue
+        # Row block [first, last) of op(a): rows of a, or columns of a when trans_a.
+        a_block = &a[0, first] if trans_a else &a[first, 0]
+        gemm_block(trans_a, trans_b, <int>(last - first), <int>n_cols, <int>inner,
+                   a_block, <int>a.shape[1], &b[0, 0], <int>b.shape[1], beta,
+                   &c[first, 0], <int>n_cols)
 
 
 # ---------------------------------------------------------------------------

@@ -1,14 +1,23 @@
-"""One thread count for convext's OpenMP kernels and the BLAS behind NumPy."""
+"""One thread count for convext's kernels, and a single-threaded BLAS under them.
 
+convext's kernels split their work over OpenMP threads, and its matrix products
+call the BLAS from inside those threads, one block of rows each. A BLAS that
+started threads of its own there would oversubscribe the cores (and an idle
+OpenBLAS pool spins, taking a core from the kernels that follow it), so while
+convext's code runs, every BLAS the process has loaded is limited to one thread.
+The user's own NumPy code outside convext keeps its BLAS settings.
+"""
+
+import contextlib
 import logging
 import os
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 logger = logging.getLogger(__name__)
 
 _num_threads = None
-_blas_limit = None
+_controller = None
 
 
 def _default_num_threads():
@@ -31,15 +40,16 @@ def get_num_threads():
 
 
 def set_num_threads(n_threads):
-    """Set the thread count of both the OpenMP kernels and the BLAS pool.
+    """Set the number of threads of convext's kernels.
 
     Parameters
     ----------
     n_threads : int or None
         A positive count, or None to go back to the default (OMP_NUM_THREADS when
-        set, else the number of usable cores).
+        set, else the number of usable cores). The BLAS runs inside these threads,
+        single-threaded, so this one number bounds the threads convext uses.
     """
-    global _num_threads, _blas_limit
+    global _num_threads
     if n_threads is not None:
         if isinstance(n_threads, bool) or not isinstance(n_threads, int):
             raise TypeError(
@@ -51,10 +61,23 @@ def set_num_threads(n_threads):
                 f"set_num_threads: n_threads must be >= 1, got {n_threads}"
             )
     _num_threads = _default_num_threads() if n_threads is None else n_threads
-
-    # Limits the BLAS that NumPy's matrix products call, so that it and the
-    # OpenMP loops never run more threads than asked for between them.
-    if _blas_limit is not None:
-        _blas_limit.restore_original_limits()
-    _blas_limit = threadpool_limits(limits=_num_threads, user_api="blas")
     logger.debug("convext threads set to %d", _num_threads)
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Limit every loaded BLAS to one thread for the duration of the block."""
+    global _controller
+    if _controller is None:
+        # Made once: scanning the loaded libraries costs about a millisecond, a
+        # limit on a known set about ten microseconds.
+        _controller = ThreadpoolController()
+    with _controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+def blas_info():
+    """What threadpoolctl reports of the loaded BLAS libraries."""
+    return [
+        info for info in ThreadpoolController().info() if info["user_api"] == "blas"
+    ]

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convext import _kernels
-from convext._threads import get_num_threads
+from convext._threads import get_num_threads, single_threaded_blas
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -299,8 +299,9 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace):
         g.out_h, g.out_w, threads,
     )
     out_2d = out.reshape(-1, n_filters)
-    np.matmul(cols, weights.reshape(-1, n_filters), out=out_2d)
-    out_2d += bias
+    out_2d[:] = bias
+    _kernels.gemm(cols, weights.reshape(-1, n_filters), out_2d, False, False, True,
+                  threads)
     return out
 
 
@@ -334,7 +335,8 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
                 x, cols, kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top,
                 g.pad_left, g.out_h, g.out_w, threads,
             )
-        np.matmul(cols.T, dout_2d, out=dweights.reshape(-1, n_filters))
+        _kernels.gemm(cols, dout_2d, dweights.reshape(-1, n_filters), True, False,
+                      False, threads)
 
     if not need_input_grad:
         return None, dweights, dbias
@@ -342,7 +344,8 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
     # input gradient: dout @ weights^T gives dcols, which col2im adds back onto x
     dcols = workspace.get("dcols", (dout_2d.shape[0], kernel_h * kernel_w * c),
                           x.dtype)
-    np.matmul(dout_2d, weights.reshape(-1, n_filters).T, out=dcols)
+    _kernels.gemm(dout_2d, weights.reshape(-1, n_filters), dcols, False, True, False,
+                  threads)
     dx = np.empty((n, h, w, c), dtype=x.dtype)
     _kernels.col2im(
         dcols, dx, kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
@@ -371,7 +374,8 @@ def conv2d_forward(x, weights, bias=None, stride=1, padding=0):
     x, weights, bias = _check_conv_args("conv2d_forward", x, weights, bias)
     geometry = conv_geometry("conv2d_forward", x.shape[1:3], weights.shape[:2],
                              stride, padding)
-    return conv2d_forward_checked(x, weights, bias, geometry, Workspace()).copy()
+    with single_threaded_blas():
+        return conv2d_forward_checked(x, weights, bias, geometry, Workspace()).copy()
 
 
 def conv2d_backward(dout, x, weights, stride=1, padding=0, need_input_grad=True):
@@ -403,8 +407,9 @@ def conv2d_backward(dout, x, weights, stride=1, padding=0, need_input_grad=True)
         func, "dout", dout,
         (x.shape[0], geometry.out_h, geometry.out_w, weights.shape[3]),
     )
-    return conv2d_backward_checked(dout, x, weights, geometry, Workspace(),
-                                   need_input_grad, cols_ready=False)
+    with single_threaded_blas():
+        return conv2d_backward_checked(dout, x, weights, geometry, Workspace(),
+                                       need_input_grad, cols_ready=False)
 
 
 # ---------------------------------------------------------------------------

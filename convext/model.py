@@ -1,0 +1,474 @@
+"""Sequential model: a stack of layers trained with softmax cross-entropy.
+
+Inputs are images of shape (N, H, W, C), or (N, D) for a stack that starts with a
+dense layer. uint8 inputs are taken as gray levels 0-255 and scaled to 0-1; float
+inputs are used as they are.
+"""
+
+import json
+import logging
+import os
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from convext._threads import single_threaded_blas
+from convext.layers import LAYER_TYPES, BatchNorm, Conv2D, Dense, Flatten, Layer
+from convext.layers import MaxPool2D, ReLU
+from convext.losses import softmax, softmax_cross_entropy
+from convext.optim import OPTIMIZER_TYPES, get_optimizer
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "convext-model"
+FORMAT_VERSION = 1
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss of a training step was not finite; the weights are those of
+    before that step."""
+
+
+def default_architecture():
+    """conv3x3(32, same)-BN-ReLU-maxpool2 / conv3x3(64, same)-BN-ReLU-maxpool2 /
+    flatten-dense(128)-ReLU-dense(10)."""
+    return [
+        Conv2D(32, 3, padding="same"), BatchNorm(), ReLU(), MaxPool2D(2),
+        Conv2D(64, 3, padding="same"), BatchNorm(), ReLU(), MaxPool2D(2),
+        Flatten(), Dense(128), ReLU(), Dense(10, init="glorot"),
+    ]
+
+
+def _floating_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"Sequential: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+class Sequential:
+    """A stack of layers ending in class scores (logits).
+
+    Parameters
+    ----------
+    layers : list of Layer, default the default architecture
+    input_shape : tuple, optional
+        Shape of one sample, e.g. (28, 28, 1). Without it the model is built on the
+        first batch it sees.
+    seed : int, optional
+        Seeds the weight initialisation and the shuffling in fit; with one thread,
+        two runs with one seed give identical weights.
+    dtype : "float32" or "float64"
+    """
+
+    def __init__(self, layers=None, input_shape=None, seed=None, dtype="float32"):
+        layers = default_architecture() if layers is None else list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(
+                    f"Sequential: layers[{i}] must be a convext Layer, got "
+                    f"{type(layer).__name__}"
+                )
+        if not layers:
+            raise ValueError("Sequential: layers must not be empty")
+        self.layers = layers
+        self.dtype = _floating_dtype(dtype)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.optimizer = None
+        self.input_shape = None
+        self.history = {}
+        self.epochs_done = 0
+        if input_shape is not None:
+            self.build(input_shape)
+
+    # -- construction -------------------------------------------------------
+
+    @property
+    def built(self):
+        return self.input_shape is not None
+
+    def build(self, input_shape):
+        """Create every layer's parameters for samples of shape input_shape."""
+        shape = tuple(int(s) for s in input_shape)
+        self.input_shape = shape
+        for layer in self.layers:
+            shape = layer.build(shape, self.rng, self.dtype)
+        self.output_shape = shape
+        # The first layer's input is the data: its gradient is never needed.
+        self.layers[0].need_input_grad = False
+        return self
+
+    def compile(self, optimizer="adam", lr=None):
+        """Choose the optimizer: an Optimizer, or "sgd" / "adam" with lr."""
+        self.optimizer = get_optimizer(optimizer, lr)
+        return self
+
+    def summary(self):
+        """A table of the layers, their output shapes and parameter counts."""
+        lines = [f"{'layer':<40} {'output shape':<20} {'params':>10}"]
+        total = 0
+        for layer in self.layers:
+            count = sum(p.size for p in layer.params.values())
+            total += count
+            lines.append(f"{layer!r:<40} {str(layer.output_shape):<20} {count:>10}")
+        lines.append(f"total parameters: {total}")
+        return "\n".join(lines)
+
+    def parameters(self):
+        """{"<layer index>/<name>": array} of every trainable array."""
+        return {f"{i}/{name}": value for i, layer in enumerate(self.layers)
+                for name, value in layer.params.items()}
+
+    def gradients(self):
+        return {f"{i}/{name}": value for i, layer in enumerate(self.layers)
+                for name, value in layer.grads.items()}
+
+    # -- input checks -------------------------------------------------------
+
+    def _check_x(self, func, x):
+        """x as a C-contiguous array of the model's dtype, uint8 scaled to 0-1."""
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{func}: x must be a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype.kind not in "uif" or x.dtype.itemsize > 8:
+            raise TypeError(f"{func}: x must hold real numbers, got dtype {x.dtype}")
+        if x.ndim < 2:
+            raise ValueError(
+                f"{func}: x must be a batch of samples, (N, H, W, C) or (N, D), got "
+                f"shape {x.shape}"
+            )
+        if self.built and x.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"{func}: x must have samples of shape {self.input_shape}, got "
+                f"{x.shape[1:]}"
+            )
+        if x.dtype == np.uint8:
+            return np.multiply(x, 1.0 / 255, dtype=self.dtype, order="C")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{func}: x must be finite, got NaN or infinite values")
+        return x
+
+    def _check_y(self, func, y, n, n_classes):
+        if not isinstance(y, np.ndarray):
+            y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(
+                f"{func}: y must be a 1-D array of {n} labels, got shape {y.shape}"
+            )
+        if y.dtype.kind not in "iu":
+            if y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0):
+                y = y.astype(np.int64)
+            else:
+                raise TypeError(f"{func}: y must hold integer labels, got dtype "
+                                f"{y.dtype}")
+        if n and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(
+                f"{func}: y must hold labels in 0..{n_classes - 1}, got values from "
+                f"{y.min()} to {y.max()}"
+            )
+        return y.astype(np.intp, copy=False)
+
+    def _prepare(self, func, x, y=None):
+        if x.ndim >= 2 and not self.built:
+            self.build(x.shape[1:])
+        x = self._check_x(func, x)
+        if y is None:
+            return x, None
+        return x, self._check_y(func, y, x.shape[0], self.output_shape[-1])
+
+    # -- forward and backward -----------------------------------------------
+
+    def forward(self, x, training=False):
+        """Logits of shape (N, K) for checked inputs of shape (N, *input_shape)."""
+        with single_threaded_blas():
+            for layer in self.layers:
+                x = layer.forward(x, training)
+        return x
+
+    def backward(self, dlogits):
+        """Fill every layer's grads from the gradient of the loss w.r.t. the
+        logits."""
+        grad = dlogits
+        with single_threaded_blas():
+            for layer in reversed(self.layers):
+                grad = layer.backward(grad)
+
+    def loss_and_gradients(self, x, y):
+        """Mean cross-entropy on (x, y) in training mode, and {name: gradient}."""
+        x, y = self._prepare("loss_and_gradients", x, y)
+        loss, dlogits, _ = softmax_cross_entropy(self.forward(x, training=True), y)
+        self.backward(dlogits)
+        return loss, self.gradients()
+
+    def train_step(self, x, y):
+        """One optimizer step on a checked batch; returns (loss, correct count).
+
+        Raises TrainingDiverged, without updating anything, when the loss is not
+        finite.
+        """
+        logits = self.forward(x, training=True)
+        loss, dlogits, _ = softmax_cross_entropy(logits, y)
+        if not np.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss}")
+        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        self.backward(dlogits)
+        self.optimizer.step(self.parameters(), self.gradients())
+        return loss, correct
+
+    # -- training and inference ---------------------------------------------
+
+    def fit(self, x, y, epochs=1, batch_size=64, validation_split=0.0,
+            validation_data=None, shuffle=True, callback=None, verbose=1):
+        """Train with mini-batches.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, H, W, C) (uint8 0-255 or float)
+        y : int ndarray of shape (N,)
+        epochs : int
+            Epochs to run now; a loaded model goes on counting from its own.
+        batch_size : int
+            The last, smaller batch of an epoch is used, not dropped.
+        validation_split : float in [0, 1)
+            Hold out this last fraction of (x, y), before shuffling, to validate on.
+        validation_data : (x_val, y_val), optional
+            Overrides validation_split.
+        shuffle : bool
+            A new order of the training samples every epoch.
+        callback : callable, optional
+            Called after every epoch with a dict: epoch, loss, accuracy, seconds and,
+            with validation, val_loss and val_accuracy.
+        verbose : int
+            0 for no progress bar; otherwise a tqdm bar per epoch on a terminal.
+
+        Returns
+        -------
+        dict of lists: the history of every logged quantity, one entry per epoch.
+        """
+        func = "fit"
+        epochs = _check_count(func, "epochs", epochs, minimum=0)
+        batch_size = _check_count(func, "batch_size", batch_size, minimum=1)
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(
+                f"{func}: validation_split must be in [0, 1), got {validation_split!r}"
+            )
+        x, y = self._prepare(func, x, y)
+        if validation_data is not None:
+            x_val, y_val = self._prepare(func, *validation_data)
+        elif validation_split > 0:
+            n_val = int(round(len(x) * validation_split))
+            if n_val == 0 or n_val == len(x):
+                raise ValueError(
+                    f"{func}: validation_split {validation_split} of {len(x)} samples "
+                    f"leaves {len(x) - n_val} to train on and {n_val} to validate"
+                )
+            x, x_val = x[:-n_val], x[-n_val:]
+            y, y_val = y[:-n_val], y[-n_val:]
+        else:
+            x_val = y_val = None
+        if len(x) == 0:
+            raise ValueError(f"{func}: x must hold at least one sample, got 0")
+        if self.optimizer is None:
+            self.compile()
+
+        n = len(x)
+        n_batches = -(-n // batch_size)
+        for _ in range(epochs):
+            epoch = self.epochs_done + 1
+            started = time.perf_counter()
+            order = self.rng.permutation(n) if shuffle else np.arange(n)
+            total_loss = 0.0
+            total_correct = 0
+            bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch",
+                       disable=None if verbose else True, leave=False)
+            for b in bar:
+                batch = order[b * batch_size:(b + 1) * batch_size]
+                try:
+                    loss, correct = self.train_step(x[batch], y[batch])
+                except TrainingDiverged as exc:
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"fit: training diverged at epoch {epoch}, batch {b + 1} of "
+                        f"{n_batches}: {exc}; the weights are those of before this "
+                        f"batch. Try a smaller learning rate (now "
+                        f"{getattr(self.optimizer, 'lr', '?')})."
+                    ) from None
+                total_loss += loss * len(batch)
+                total_correct += correct
+                if b % 20 == 0:
+                    bar.set_postfix(loss=f"{total_loss / min(n, (b + 1) * batch_size):.4f}")
+            bar.close()
+
+            logs = {"epoch": epoch, "loss": total_loss / n,
+                    "accuracy": total_correct / n}
+            if x_val is not None:
+                logs["val_loss"], logs["val_accuracy"] = self._evaluate_checked(
+                    x_val, y_val, 256)
+            logs["seconds"] = time.perf_counter() - started
+            self.epochs_done = epoch
+            for key, value in logs.items():
+                self.history.setdefault(key, []).append(value)
+            logger.info("epoch %d: %s", epoch, ", ".join(
+                f"{k} {v:.4f}" for k, v in logs.items() if k != "epoch"))
+            if callback is not None:
+                callback(dict(logs))
+        return self.history
+
+    def _logits(self, x, batch_size):
+        # (N, *input_shape) -> (N, K), batch by batch in evaluation mode
+        out = np.empty((len(x), self.output_shape[-1]), dtype=self.dtype)
+        for start in range(0, len(x), batch_size):
+            out[start:start + batch_size] = self.forward(x[start:start + batch_size])
+        return out
+
+    def _evaluate_checked(self, x, y, batch_size):
+        loss, _, probabilities = softmax_cross_entropy(self._logits(x, batch_size), y)
+        return loss, float(np.mean(probabilities.argmax(axis=1) == y))
+
+    def evaluate(self, x, y, batch_size=256):
+        """(mean cross-entropy, accuracy) on (x, y), in evaluation mode."""
+        batch_size = _check_count("evaluate", "batch_size", batch_size, minimum=1)
+        x, y = self._prepare("evaluate", x, y)
+        if len(x) == 0:
+            raise ValueError("evaluate: x must hold at least one sample, got 0")
+        return self._evaluate_checked(x, y, batch_size)
+
+    def predict(self, x, batch_size=256):
+        """Class probabilities, shape (N, K), in evaluation mode."""
+        batch_size = _check_count("predict", "batch_size", batch_size, minimum=1)
+        x, _ = self._prepare("predict", x)
+        return softmax(self._logits(x, batch_size))
+
+    def predict_labels(self, x, batch_size=256):
+        """The most probable class of each sample, shape (N,)."""
+        return self.predict(x, batch_size).argmax(axis=1)
+
+    # -- saving and loading -------------------------------------------------
+
+    def save(self, path, include_optimizer=True):
+        """Write the model to one .npz file, atomically.
+
+        The file holds the architecture (JSON), every parameter, the batch-norm
+        running statistics, a format name and version, and, unless told otherwise,
+        the optimizer and its state so that training can resume. The file appears
+        whole or not at all: it is written beside its destination, then renamed.
+        """
+        if not self.built:
+            raise ValueError("save: the model has no weights yet; fit or build it first")
+        header = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "input_shape": list(self.input_shape),
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+            "epochs_done": self.epochs_done,
+            "history": self.history,
+            "layers": [{"class": type(layer).__name__, "config": layer.get_config()}
+                       for layer in self.layers],
+        }
+        arrays = {}
+        for i, layer in enumerate(self.layers):
+            for name, value in {**layer.params, **layer.state}.items():
+                arrays[f"layer{i}/{name}"] = value
+        if include_optimizer and self.optimizer is not None:
+            header["optimizer"] = {"class": type(self.optimizer).__name__,
+                                   "config": self.optimizer.get_config()}
+            for name, value in self.optimizer.state_arrays().items():
+                arrays[f"optimizer/{name}"] = value
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        _write_atomically(path, arrays)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by save. Nothing in the file is unpickled."""
+        return load_model(path)
+
+
+def _check_count(func, name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{func}: {name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _write_atomically(path, arrays):
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_model(path):
+    """A Sequential model from a file written by Sequential.save.
+
+    Raises ValueError, naming the file, for a file that is truncated, corrupted,
+    not a convext model or from a newer format version.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(
+            f"load_model: {path} is not a readable convext model file "
+            f"(truncated or not an .npz archive: {exc})"
+        ) from None
+
+    if "header" not in arrays:
+        raise ValueError(f"load_model: {path} is an .npz file but not a convext "
+                         f"model (it has no header)")
+    try:
+        header = json.loads(arrays.pop("header").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"load_model: {path} has a corrupted header: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise ValueError(f"load_model: {path} is not a convext model file")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"load_model: {path} has format version {version!r}; this convext reads "
+            f"versions up to {FORMAT_VERSION}: upgrade convext to load it"
+        )
+
+    try:
+        layers = [LAYER_TYPES[spec["class"]](**spec["config"])
+                  for spec in header["layers"]]
+        model = Sequential(layers, seed=header.get("seed"), dtype=header["dtype"])
+        model.build(header["input_shape"])
+        for i, layer in enumerate(model.layers):
+            for store in (layer.params, layer.state):
+                for name, value in store.items():
+                    saved = arrays[f"layer{i}/{name}"]
+                    if saved.shape != value.shape:
+                        raise ValueError(
+                            f"layer {i} {name} has shape {saved.shape}, the "
+                            f"architecture needs {value.shape}"
+                        )
+                    store[name] = saved.astype(model.dtype)
+        model.epochs_done = int(header.get("epochs_done", 0))
+        model.history = header.get("history", {})
+        if "optimizer" in header:
+            spec = header["optimizer"]
+            model.optimizer = OPTIMIZER_TYPES[spec["class"]](**spec["config"])
+            prefix = "optimizer/"
+            model.optimizer.load_state_arrays(
+                {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"load_model: {path} is corrupted or incomplete: "
+                         f"{type(exc).__name__}: {exc}") from None
+    return model

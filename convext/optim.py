@@ -1,0 +1,162 @@
+"""Optimizers: SGD with momentum, and Adam.
+
+An optimizer updates arrays in place, given their gradients. It keeps its
+per-parameter state (velocities, moments) under the keys it is handed, so that the
+state can be saved with a model and training resumed from it.
+"""
+
+import numpy as np
+
+OPTIMIZER_TYPES = {}
+
+
+def register(cls):
+    OPTIMIZER_TYPES[cls.__name__] = cls
+    return cls
+
+
+def _check_number(optimizer, name, value, low, high=None, low_open=False):
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (high is None
+                                                              or value < high)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}"
+        if high is not None:
+            bound += f" and < {high}"
+        raise ValueError(f"{optimizer}: {name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: ``step(params, grads)`` with dicts of arrays under the same
+    keys."""
+
+    def __init__(self):
+        self.state = {}
+        self.iterations = 0
+
+    def get_config(self):
+        return {}
+
+    def step(self, params, grads):
+        self.iterations += 1
+        for key, value in params.items():
+            self.update(key, value, grads[key])
+
+    def update(self, key, value, grad):
+        raise NotImplementedError
+
+    def state_arrays(self):
+        """The optimizer's state as flat {name: array}, for saving."""
+        arrays = {"iterations": np.array(self.iterations)}
+        for key, slots in self.state.items():
+            for slot, array in slots.items():
+                arrays[f"{key}/{slot}"] = array
+        return arrays
+
+    def load_state_arrays(self, arrays):
+        self.iterations = int(arrays.get("iterations", 0))
+        self.state = {}
+        for name, array in arrays.items():
+            if name == "iterations":
+                continue
+            key, slot = name.rsplit("/", 1)
+            self.state.setdefault(key, {})[slot] = np.array(array)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+@register
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum:
+    ``v = momentum * v - lr * g; w += v``.
+
+    Parameters
+    ----------
+    lr : float > 0
+    momentum : float in [0, 1)
+    nesterov : bool
+    weight_decay : float >= 0
+        L2 penalty added to the gradient as ``weight_decay * w``.
+    """
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__()
+        self.lr = _check_number("SGD", "lr", lr, 0.0, low_open=True)
+        self.momentum = _check_number("SGD", "momentum", momentum, 0.0, 1.0)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _check_number("SGD", "weight_decay", weight_decay, 0.0)
+
+    def get_config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+    def update(self, key, value, grad):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * value
+        if not self.momentum:
+            value -= self.lr * grad
+            return
+        velocity = self.state.setdefault(key, {}).get("velocity")
+        if velocity is None:
+            velocity = self.state[key]["velocity"] = np.zeros_like(value)
+        velocity *= self.momentum
+        velocity -= self.lr * grad
+        if self.nesterov:
+            value += self.momentum * velocity - self.lr * grad
+        else:
+            value += velocity
+
+
+@register
+class Adam(Optimizer):
+    """Adam (Kingma and Ba) with bias-corrected moment estimates.
+
+    Parameters
+    ----------
+    lr : float > 0
+    beta1, beta2 : floats in [0, 1)
+    eps : float > 0
+    """
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__()
+        self.lr = _check_number("Adam", "lr", lr, 0.0, low_open=True)
+        self.beta1 = _check_number("Adam", "beta1", beta1, 0.0, 1.0)
+        self.beta2 = _check_number("Adam", "beta2", beta2, 0.0, 1.0)
+        self.eps = _check_number("Adam", "eps", eps, 0.0, low_open=True)
+
+    def get_config(self):
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2,
+                "eps": self.eps}
+
+    def update(self, key, value, grad):
+        slots = self.state.setdefault(key, {})
+        if "m" not in slots:
+            slots["m"] = np.zeros_like(value)
+            slots["v"] = np.zeros_like(value)
+        m, v = slots["m"], slots["v"]
+        m *= self.beta1
+        m += (1 - self.beta1) * grad
+        v *= self.beta2
+        v += (1 - self.beta2) * grad * grad
+
+        t = self.iterations
+        step = self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        value -= (step * m / (np.sqrt(v) + self.eps)).astype(value.dtype, copy=False)
+
+
+def get_optimizer(spec, lr=None):
+    """An optimizer from an instance, or from a name ("sgd", "adam") and lr."""
+    if isinstance(spec, Optimizer):
+        return spec
+    names = {"sgd": lambda: SGD(lr=lr or 0.05, momentum=0.9),
+             "adam": lambda: Adam(lr=lr or 1e-3)}
+    if not isinstance(spec, str) or spec.lower() not in names:
+        raise ValueError(
+            f"optimizer must be an Optimizer or one of {sorted(names)}, got {spec!r}"
+        )
+    return names[spec.lower()]()
