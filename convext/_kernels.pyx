@@ -316,8 +316,8 @@ def conv2d_single_channel_weight_grad(
     """Weight gradient of a one-channel convolution, without a column buffer.
 
     Thread t sums the samples of its share of the batch into partial[t] (in double
-    precision); the slabs are then added in a fixed order, so the result does not
-    depend on how the work was scheduled.
+    precision); the slabs are then added in a fixed order, so that runs with the
+    same number of threads give the same bits.
     """
     cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1], width = x.shape[2]
     cdef Py_ssize_t out_h = dout.shape[1], out_w = dout.shape[2]

@@ -21,14 +21,16 @@ Accepted files
 
 Memory
 ------
-``load_csv`` parses every cell straight to uint8 in chunks of 5000 rows and never
-builds a float64 or int64 table. Measured on ``mnist_train.csv.gz`` (60000 rows,
-47.0 MB of uint8 output; pandas 3.1, numpy 2.4, Python 3.11): tracemalloc peak
-103 MB, and /usr/bin/time -v maximum resident set 177 MB for the whole process,
-108 MB above the 69 MB of an interpreter with numpy and pandas imported; about
-1.6 s. The peak is the chunks plus the joined result, about twice the output.
-A plain ``pd.read_csv`` without dtypes peaks at 755 MB (tracemalloc) because it
-builds int64 columns.
+``load_csv`` reads 1000 rows at a time: pandas parses a chunk into int64
+columns, which are range-checked and narrowed to uint8 before the next chunk,
+so no float64 or int64 table of the whole file ever exists. Measured on
+``mnist_train.csv.gz`` (60000 rows, 47.0 MB of uint8 output), pandas 3.1 /
+numpy 2.4 / Python 3.11: tracemalloc peak 109 MB; ``/usr/bin/time -v`` maximum
+resident set 194 MB for the whole process, 125 MB above the 69 MB of an
+interpreter with numpy and pandas imported; 2.4 s of CPU. With pandas 2.2:
+102 MB, 188 MB and 2.1 s. The peak is the uint8 chunks plus their joined copy
+(2 x 47 MB) and one chunk in pandas. A plain ``pd.read_csv(path)`` peaks at
+755 MB (tracemalloc) with its int64 table.
 """
 
 from __future__ import annotations
@@ -62,10 +64,12 @@ _PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(_N_PIXELS))
 _N_CLASSES = 10
 _MAX_GRAY = 255
 
-# Rows parsed per pandas chunk. On the 60000-row training file, chunks of 2000,
-# 5000, 10000 and 20000 rows gave tracemalloc peaks of 98, 103, 111 and 127 MB
-# and took 2.1, 1.6, 1.4 and 1.8 s; 5000 balances the two.
-_CSV_CHUNK_ROWS = 5000
+# Rows parsed per pandas chunk. On the 60000-row training file (pandas 3.1),
+# chunks of 1000, 2000 and 5000 rows gave tracemalloc peaks of 109, 121 and
+# 159 MB for 2.4, 2.1 and 1.6 s of CPU; memory is the scarcer resource here.
+# Asking pandas for uint8 directly would cost less, but pandas 2.2 wraps
+# out-of-range values silently (300 becomes 44, -1 becomes 255).
+_CSV_CHUNK_ROWS = 1000
 
 _IDX_IMAGES_MAGIC = 2051
 _IDX_LABELS_MAGIC = 2049
@@ -75,7 +79,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # refusing it avoids asking the allocator for petabytes.
 _IDX_MAX_BYTES = 1 << 40
 
-# Strings pandas reads as a missing value; used only to word the error message.
+# Strings that pandas reads as NaN by default; used only to word error messages.
 _NA_STRINGS = frozenset(
     {"nan", "-nan", "na", "n/a", "#n/a", "<na>", "null", "none", "#na"}
 )
@@ -126,8 +130,11 @@ def load_csv(
 
     Notes
     -----
-    Cells are parsed straight to uint8, so a 60000-row file peaks near twice the
-    47 MB result; see the module docstring for the measurement.
+    The file is parsed 1000 rows at a time and narrowed to uint8, so a
+    60000-row file peaks near twice the 47 MB result; see the module docstring
+    for the measurement. A bad cell is reported as soon as its chunk is read,
+    except a fractional pixel, after which the rest of the file is read to tell
+    whether all pixels were scaled to 0-1.
     """
     if labeled is not None and not isinstance(labeled, bool):
         raise TypeError(
@@ -549,122 +556,193 @@ def _check_csv_header(path, names: list[str], labeled: bool | None) -> bool:
 def _read_csv_cells(
     path, names: list[str], has_label: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Parse the data rows to uint8, chunk by chunk; diagnose any failure."""
+    """Parse the data rows chunk by chunk; raise ValueError at the first bad cell.
+
+    Each chunk is read with pandas' own type inference and ``keep_default_na=
+    False``: a column of clean integers arrives as int64, is range-checked and
+    narrowed to uint8. A chunk with any other column (floats, or text because
+    of empty cells, NaN or words) is converted cell by cell to find its first
+    bad cell. After a fractional pixel the scan goes on to the end of the file
+    to decide whether every pixel lies in 0-1, which means the file was scaled
+    before it was written.
+    """
+    upper = np.full(len(names), _MAX_GRAY, dtype=np.int64)
+    if has_label:
+        upper[0] = _N_CLASSES - 1
+    is_pixel = np.ones(len(names), dtype=bool)
+    is_pixel[0] = not has_label
+
     image_parts = []
     label_parts = []
-    failure = None
+    first_error = None  # (1-based data row, column index, cell text, is fractional)
+    pixels_in_unit = True  # every pixel read so far lies in 0-1
+    rows_before = 0
+    # low_memory=False infers each column once per chunk; with low_memory=True
+    # a column that is text in one of pandas' internal blocks of rows and
+    # numbers in another comes back mixed, with a DtypeWarning.
     try:
         with pd.read_csv(
-            path, dtype=np.uint8, index_col=False, chunksize=_CSV_CHUNK_ROWS
+            path,
+            keep_default_na=False,
+            index_col=False,
+            low_memory=False,
+            chunksize=_CSV_CHUNK_ROWS,
         ) as reader:
             for chunk in reader:
-                # A single-dtype frame converts to one (rows, columns) array that
-                # is column-major; copying the pixel slice makes it row-major.
-                values = chunk.to_numpy()
-                if has_label:
-                    label_parts.append(values[:, 0].copy())
-                    values = values[:, 1:]
-                image_parts.append(np.ascontiguousarray(values))
+                # 1. clean chunks: collect their pixels and labels
+                if first_error is None:
+                    values = _integer_values(chunk, upper)
+                    if values is None:
+                        numbers = _chunk_numbers(chunk)
+                        found = _first_bad_cell(chunk, numbers, upper)
+                        if found is None:
+                            # Every cell is valid, e.g. integral floats like "7.0".
+                            values = numbers.astype(np.int64)
+                    if values is not None:
+                        if has_label:
+                            label_parts.append(values[:, 0].copy())
+                            values = values[:, 1:]
+                        # values is column-major, as pandas stores a frame; the
+                        # C-order cast makes the uint8 pixels row-major.
+                        image_parts.append(values.astype(np.uint8, order="C"))
+                        rows_before += len(chunk)
+                        continue
+
+                    # 2. the first bad cell: keep it, drop what was collected
+                    first_error = (rows_before + found[0] + 1, *found[1:])
+                    pixels_in_unit = all(
+                        part.max(initial=0) <= 1 for part in image_parts
+                    )
+                    image_parts.clear()
+                    label_parts.clear()
+                else:
+                    numbers = _chunk_numbers(chunk)
+
+                # 3. after a fractional pixel, read on while all pixels are 0-1
+                pixels_in_unit &= _pixels_in_unit(numbers, is_pixel)
+                is_fraction, column = first_error[3], first_error[1]
+                if not (is_fraction and is_pixel[column] and pixels_in_unit):
+                    break
     except pd.errors.ParserError as exc:
         raise ValueError(_ragged_row_message(path, exc)) from None
     except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ValueError(_not_csv_message(path, exc)) from None
-    except (ValueError, OverflowError) as exc:
-        failure = exc
 
-    if failure is not None:
-        # pandas names at most the column that failed, not the row or the
-        # reason; a second, slower pass finds and describes the first bad cell.
-        image_parts.clear()
-        label_parts.clear()
-        _raise_first_bad_cell(path, names, has_label)
+    if first_error is not None:
         raise ValueError(
-            f"load_csv: cells of '{os.fspath(path)}' must be integers, and pandas "
-            f"could not read them: {failure}"
-        ) from failure
-
+            _bad_cell_message(path, names, upper, is_pixel, first_error, pixels_in_unit)
+        )
     n_rows = sum(part.shape[0] for part in image_parts)
     if n_rows == 0:
         raise ValueError(
             f"load_csv: '{os.fspath(path)}' must hold at least one data row, got "
             "only a header"
         )
-    images = np.concatenate(image_parts).reshape(n_rows, 28, 28, 1)
-    del image_parts
 
-    labels = None
-    if has_label:
-        labels = np.concatenate(label_parts).astype(np.int64)
-        bad = np.flatnonzero(labels >= _N_CLASSES)
-        if bad.size:
-            what = f"'{labels[bad[0]]}', out of range"
-            raise ValueError(
-                _cell_message(path, bad[0] + 1, _LABEL_COLUMN, _N_CLASSES - 1, what)
-            )
+    images = np.concatenate(image_parts).reshape(n_rows, 28, 28, 1)
+    labels = np.concatenate(label_parts) if has_label else None
     return images, labels
 
 
-def _raise_first_bad_cell(path, names: list[str], has_label: bool) -> None:
-    """Rescan the file and raise ValueError for its first bad cell.
+def _integer_values(chunk: pd.DataFrame, upper: np.ndarray) -> np.ndarray | None:
+    """Return a chunk as int64 if every cell is an integer 0 to ``upper``, else None.
 
-    Returns without raising if no bad cell is found. Cells are checked in file
-    order (row by row, left to right). When the first bad cell is a fractional
-    pixel, the scan continues to decide whether every pixel lies in 0-1, which
-    means the file was scaled before it was written.
+    Parameters
+    ----------
+    chunk : DataFrame of shape (rows, columns)
+    upper : ndarray of shape (columns,), dtype int64
+        The largest value allowed in each column.
+
+    Returns
+    -------
+    ndarray of shape (rows, columns), dtype int64, column-major; or None
     """
-    upper = np.full(len(names), _MAX_GRAY, dtype=np.float64)
-    if has_label:
-        upper[0] = _N_CLASSES - 1
-    is_pixel = np.ones(len(names), dtype=bool)
-    is_pixel[0] = not has_label
+    if not all(dtype.kind in "iu" for dtype in chunk.dtypes):
+        return None
+    values = chunk.to_numpy(dtype=np.int64)
+    # Column reductions allocate no (rows, columns) temporaries.
+    if values.min(initial=0) < 0 or (values.max(axis=0, initial=0) > upper).any():
+        return None
+    return values
 
-    first_error = None
-    all_pixels_in_unit = True
-    rows_before = 0
-    # pandas infers a numeric dtype for each clean column of a chunk and keeps
-    # text only where a column holds empty cells, NaN or words (with
-    # keep_default_na=False nothing becomes NaN), so only those columns are
-    # converted cell by cell. low_memory=False infers each column once per
-    # chunk; otherwise a column that is text in one internal block and numbers
-    # in another comes back mixed, with a DtypeWarning.
-    with pd.read_csv(
-        path,
-        keep_default_na=False,
-        index_col=False,
-        low_memory=False,
-        chunksize=_CSV_CHUNK_ROWS,
-    ) as reader:
-        for chunk in reader:
-            numbers = _chunk_numbers(chunk)
-            with np.errstate(invalid="ignore"):
-                fractional = np.isfinite(numbers) & (numbers != np.floor(numbers))
-                out_of_range = (numbers < 0) | (numbers > upper)
-            bad = np.isnan(numbers) | fractional | out_of_range
 
-            pixels = numbers[:, is_pixel]
-            if ((pixels < 0) | (pixels > 1)).any():
-                all_pixels_in_unit = False
+def _pixels_in_unit(numbers: np.ndarray, is_pixel: np.ndarray) -> bool:
+    """Return whether no pixel cell of a chunk lies outside 0-1.
 
-            if first_error is None and bad.any():
-                row, column = np.unravel_index(np.argmax(bad), bad.shape)
-                first_error = (
-                    rows_before + int(row) + 1,
-                    int(column),
-                    _cell_text(chunk.iat[row, column]),
-                    bool(fractional[row, column]),
-                )
-            if first_error is not None:
-                pixel_fraction = first_error[3] and is_pixel[first_error[1]]
-                if not (pixel_fraction and all_pixels_in_unit):
-                    break
-            rows_before += len(chunk)
+    ``numbers`` has shape (rows, columns); ``is_pixel`` has shape (columns,).
+    NaN cells count as inside, as they are reported on their own.
+    """
+    pixels = numbers[:, is_pixel]
+    return not ((pixels < 0) | (pixels > 1)).any()
 
-    if first_error is None:
-        return
-    row, column, cell, is_fraction = first_error
+
+def _chunk_numbers(chunk: pd.DataFrame) -> np.ndarray:
+    """Return the cells of a chunk as floats, NaN where a cell is not a number.
+
+    Parameters
+    ----------
+    chunk : DataFrame of shape (rows, columns)
+        Read with ``keep_default_na=False``: numeric columns come as int64,
+        uint64 or float64, the others as text.
+
+    Returns
+    -------
+    ndarray of shape (rows, columns), dtype float64
+    """
+    numbers = np.empty(chunk.shape, dtype=np.float64)
+    if numbers.size == 0:
+        return numbers
+    kinds = np.array([dtype.kind for dtype in chunk.dtypes])
+    numeric = np.flatnonzero(np.isin(kinds, ["i", "u", "f"]))
+    numbers[:, numeric] = chunk.iloc[:, numeric].to_numpy(dtype=np.float64)
+    for index in np.flatnonzero(~np.isin(kinds, ["i", "u", "f"])):
+        text = chunk.iloc[:, index].astype(str).str.strip()
+        numbers[:, index] = pd.to_numeric(text, errors="coerce").to_numpy(
+            dtype=np.float64
+        )
+    return numbers
+
+
+def _first_bad_cell(chunk: pd.DataFrame, numbers: np.ndarray, upper: np.ndarray):
+    """Find the first cell, row by row, that is not an integer 0 to ``upper``.
+
+    Parameters
+    ----------
+    chunk : DataFrame of shape (rows, columns)
+        The cells as read, to quote in the message.
+    numbers : ndarray of shape (rows, columns), dtype float64
+        The cells as numbers, from ``_chunk_numbers``.
+    upper : ndarray of shape (columns,), dtype int64
+
+    Returns
+    -------
+    tuple of (row in the chunk, column, cell text, is fractional), or None
+    """
+    with np.errstate(invalid="ignore"):
+        fractional = np.isfinite(numbers) & (numbers != np.floor(numbers))
+        out_of_range = (numbers < 0) | (numbers > upper)
+    bad = np.isnan(numbers) | fractional | out_of_range
+    if not bad.any():
+        return None
+    row, column = np.unravel_index(np.argmax(bad), bad.shape)
+    return (
+        int(row),
+        int(column),
+        _cell_text(chunk.iat[row, column]),
+        bool(fractional[row, column]),
+    )
+
+
+def _bad_cell_message(path, names, upper, is_pixel, error, pixels_in_unit) -> str:
+    """Word the error for the first bad cell of a file.
+
+    ``error`` is (1-based data row, column index, cell text, is fractional);
+    ``pixels_in_unit`` says whether every pixel of the file lies in 0-1.
+    """
+    row, column, cell, is_fraction = error
     name = names[column]
-    if is_fraction and is_pixel[column] and all_pixels_in_unit:
-        raise ValueError(
+    if is_fraction and is_pixel[column] and pixels_in_unit:
+        return (
             f"load_csv: pixels of '{os.fspath(path)}' must be raw gray levels "
             f"0-255, got values that look already scaled to 0-1 (all pixels lie "
             f"in 0-1 and the first fractional one is {cell!r} at data row {row}, "
@@ -680,33 +758,7 @@ def _raise_first_bad_cell(path, names: list[str], has_label: bool) -> None:
         what = f"the non-integer value {cell!r}"
     else:
         what = f"{cell!r}, out of range"
-    raise ValueError(_cell_message(path, row, name, int(upper[column]), what))
-
-
-def _chunk_numbers(chunk: pd.DataFrame) -> np.ndarray:
-    """Return the cells of a chunk as floats, NaN where a cell is not a number.
-
-    Parameters
-    ----------
-    chunk : DataFrame of shape (rows, columns)
-        Read with ``keep_default_na=False``: numeric columns come as int64 or
-        float64, the others as text.
-
-    Returns
-    -------
-    ndarray of shape (rows, columns), dtype float64
-    """
-    numbers = np.empty(chunk.shape, dtype=np.float64)
-    for index in range(chunk.shape[1]):
-        column = chunk.iloc[:, index]
-        if column.dtype.kind in "iuf":
-            numbers[:, index] = column.to_numpy(dtype=np.float64)
-        else:
-            text = column.astype(str).str.strip()
-            numbers[:, index] = pd.to_numeric(text, errors="coerce").to_numpy(
-                dtype=np.float64
-            )
-    return numbers
+    return _cell_message(path, row, name, int(upper[column]), what)
 
 
 def _cell_text(value) -> str:

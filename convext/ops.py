@@ -252,11 +252,15 @@ def zero_pad_backward(dout, pad):
 # Convolution
 
 
-def _check_conv_args(func, x, weights, bias):
+def _check_conv_args(func, x, weights, bias, dtype=None):
     """Validated (x, weights, bias) in one dtype for a convolution."""
-    dtype = compute_dtype(func, x=x, weights=weights, bias=bias)
+    if dtype is None:
+        dtype = compute_dtype(func, x=x, weights=weights, bias=bias)
     x = as_array(func, "x", x, 4, "(N, H, W, C)", dtype)
     weights = as_array(func, "weights", weights, 4, "(KH, KW, C, F)", dtype)
+    if 0 in weights.shape:
+        raise ValueError(f"{func}: weights must have no empty axis, got shape "
+                         f"{weights.shape}")
     if weights.shape[2] != x.shape[3]:
         raise ValueError(
             f"{func}: weights must have {x.shape[3]} input channels (axis 2) to match "
@@ -397,11 +401,9 @@ def conv2d_backward(dout, x, weights, stride=1, padding=0, need_input_grad=True)
     dbias : ndarray of shape (F,)
     """
     func = "conv2d_backward"
-    x, weights, _ = _check_conv_args(func, x, weights, None)
+    dtype = compute_dtype(func, dout=dout, x=x, weights=weights)
+    x, weights, _ = _check_conv_args(func, x, weights, None, dtype)
     geometry = conv_geometry(func, x.shape[1:3], weights.shape[:2], stride, padding)
-    dtype = compute_dtype(func, dout=dout)
-    if dtype != x.dtype:
-        raise TypeError(f"{func}: dout must have dtype {x.dtype} like x, got {dtype}")
     dout = as_array(func, "dout", dout, 4, "(N, OH, OW, F)", dtype)
     _check_same_shape(
         func, "dout", dout,
@@ -476,7 +478,9 @@ def maxpool2d_backward(dout, argmax, input_shape):
     if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu":
         raise TypeError(f"{func}: argmax must be the int32 array from "
                         f"maxpool2d_forward, got {type(argmax).__name__}")
-    _check_same_shape(func, "argmax", argmax, dout.shape)
+    if argmax.shape != dout.shape:
+        raise ValueError(f"{func}: dout must have the shape of argmax {argmax.shape}, "
+                         f"got {dout.shape}")
     input_shape = tuple(int(s) for s in input_shape)
     if (len(input_shape) != 4 or input_shape[0] != dout.shape[0]
             or input_shape[3] != dout.shape[3]):
@@ -577,11 +581,11 @@ def batchnorm_backward(dy, cache):
     if not isinstance(cache, BatchNormCache):
         raise TypeError(f"{func}: cache must be the BatchNormCache from "
                         f"batchnorm_forward, got {type(cache).__name__}")
-    dtype = cache.x_hat.dtype
-    if compute_dtype(func, dy=dy) != dtype:
-        raise TypeError(f"{func}: dy must have dtype {dtype} like x, got {dy.dtype}")
+    dtype = compute_dtype(func, dy=dy, x_hat=cache.x_hat)
     _check_same_shape(func, "dy", dy, cache.x_hat.shape)
     dy = np.ascontiguousarray(dy, dtype=dtype)
+    x_hat, gamma, inv_std = (np.ascontiguousarray(a, dtype=dtype)
+                             for a in (cache.x_hat, cache.gamma, cache.inv_std))
     channels = dy.shape[-1]
     rows = dy.size // channels
 
@@ -589,8 +593,8 @@ def batchnorm_backward(dy, cache):
     dgamma, dbeta = np.empty(channels, dtype), np.empty(channels, dtype)
     chunks = max(1, min(get_num_threads(), rows))
     _kernels.batchnorm_backward(
-        dy.reshape(rows, channels), cache.x_hat.reshape(rows, channels), cache.gamma,
-        cache.inv_std, np.empty((chunks, 2, channels)), dx.reshape(rows, channels),
+        dy.reshape(rows, channels), x_hat.reshape(rows, channels), gamma, inv_std,
+        np.empty((chunks, 2, channels)), dx.reshape(rows, channels),
         dgamma, dbeta,
     )
     return dx, dgamma, dbeta
@@ -609,19 +613,26 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
     ndarray of the shape of x: ``gamma * (x - mean) / sqrt(var + eps) + beta``
     """
     func = "batchnorm_inference"
-    dtype = compute_dtype(func, x=x, gamma=gamma, beta=beta)
+    dtype = compute_dtype(func, x=x, gamma=gamma, beta=beta, running_mean=running_mean,
+                          running_var=running_var)
     if x.ndim < 2:
         raise ValueError(f"{func}: x must be at least 2-D (..., C), got shape "
                          f"{x.shape}")
+    if not eps > 0:
+        raise ValueError(f"{func}: eps must be > 0, got {eps!r}")
     x = np.ascontiguousarray(x, dtype=dtype)
     channels = x.shape[-1]
-    for name, value in (("gamma", gamma), ("beta", beta),
-                        ("running_mean", running_mean), ("running_var", running_var)):
-        _check_same_shape(func, name, np.asarray(value), (channels,))
+    stats = {"gamma": gamma, "beta": beta, "running_mean": running_mean,
+             "running_var": running_var}
+    for name, value in stats.items():
+        _check_same_shape(func, name, value, (channels,))
+    if np.any(running_var < 0):
+        raise ValueError(f"{func}: running_var must be >= 0, got a minimum of "
+                         f"{running_var.min()}")
 
-    scale = (np.asarray(gamma, np.float64)
-             / np.sqrt(np.asarray(running_var, np.float64) + eps))
-    shift = np.asarray(beta, np.float64) - np.asarray(running_mean, np.float64) * scale
+    # Folded into one scale and shift per channel, computed in double precision.
+    scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
+    shift = beta.astype(np.float64) - running_mean.astype(np.float64) * scale
     y = np.empty_like(x)
     rows = x.size // max(channels, 1)
     _kernels.scale_shift(x.reshape(rows, channels), scale.astype(dtype),
