@@ -62,6 +62,9 @@ def build_parser():
     train.add_argument("--lr", type=positive_float, default=None,
                        help="learning rate (default 0.001 for adam, 0.01 for sgd, "
                             "which uses momentum 0.9)")
+    train.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                       help="learning-rate schedule over the run (default cosine, "
+                            "falling from --lr to 0)")
     train.add_argument("--validation-split", type=float, default=0.0,
                        help="fraction of the training data held out to validate on")
     train.add_argument("--seed", type=int, default=0)
@@ -127,7 +130,8 @@ def run_train(args):
 
     try:
         model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  validation_split=args.validation_split, callback=report,
+                  validation_split=args.validation_split, lr_schedule=args.schedule,
+                  callback=report,
                   verbose=0 if args.quiet else 1)
     except TrainingDiverged as exc:
         raise CommandError(str(exc)) from None

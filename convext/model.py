@@ -19,7 +19,7 @@ from convext._threads import single_threaded_blas
 from convext.layers import LAYER_TYPES, BatchNorm, Conv2D, Dense, Flatten, Layer
 from convext.layers import MaxPool2D, ReLU
 from convext.losses import softmax, softmax_cross_entropy
-from convext.optim import OPTIMIZER_TYPES, get_optimizer
+from convext.optim import OPTIMIZER_TYPES, get_optimizer, get_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,8 @@ class Sequential:
     # -- training and inference ---------------------------------------------
 
     def fit(self, x, y, epochs=1, batch_size=64, validation_split=0.0,
-            validation_data=None, shuffle=True, callback=None, verbose=1):
+            validation_data=None, shuffle=True, lr_schedule="constant", callback=None,
+            verbose=1):
         """Train with mini-batches.
 
         Parameters
@@ -239,6 +240,11 @@ class Sequential:
             Overrides validation_split.
         shuffle : bool
             A new order of the training samples every epoch.
+        lr_schedule : "constant", "cosine" or callable
+            Scales the optimizer's learning rate before every step by
+            ``lr_schedule(progress)``, progress running from 0 at the first step of
+            this call to 1 after its last; "cosine" falls from 1 to 0 along half a
+            cosine.
         callback : callable, optional
             Called after every epoch with a dict: epoch, loss, accuracy, seconds and,
             with validation, val_loss and val_accuracy.
@@ -274,10 +280,12 @@ class Sequential:
             raise ValueError(f"{func}: x must hold at least one sample, got 0")
         if self.optimizer is None:
             self.compile()
+        schedule = get_schedule(lr_schedule)
 
         n = len(x)
         n_batches = -(-n // batch_size)
-        for _ in range(epochs):
+        total_steps = epochs * n_batches
+        for epoch_index in range(epochs):
             epoch = self.epochs_done + 1
             started = time.perf_counter()
             order = self.rng.permutation(n) if shuffle else np.arange(n)
@@ -287,6 +295,8 @@ class Sequential:
                        disable=None if verbose else True, leave=False)
             for b in bar:
                 batch = order[b * batch_size:(b + 1) * batch_size]
+                step = epoch_index * n_batches + b
+                self.optimizer.lr_scale = schedule(step / total_steps)
                 try:
                     loss, correct = self.train_step(x[batch], y[batch])
                 except TrainingDiverged as exc:
@@ -295,7 +305,7 @@ class Sequential:
                         f"fit: training diverged at epoch {epoch}, batch {b + 1} of "
                         f"{n_batches}: {exc}; the weights are those of before this "
                         f"batch. Try a smaller learning rate (now "
-                        f"{getattr(self.optimizer, 'lr', '?')})."
+                        f"{self.optimizer.current_lr:.3g})."
                     ) from None
                 total_loss += loss * len(batch)
                 total_correct += correct

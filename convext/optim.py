@@ -35,6 +35,12 @@ class Optimizer:
     def __init__(self):
         self.state = {}
         self.iterations = 0
+        # Multiplies lr; a learning-rate schedule sets it before each step.
+        self.lr_scale = 1.0
+
+    @property
+    def current_lr(self):
+        return self.lr * self.lr_scale
 
     def get_config(self):
         return {}
@@ -95,18 +101,19 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
     def update(self, key, value, grad):
+        lr = self.current_lr
         if self.weight_decay:
             grad = grad + self.weight_decay * value
         if not self.momentum:
-            value -= self.lr * grad
+            value -= lr * grad
             return
         velocity = self.state.setdefault(key, {}).get("velocity")
         if velocity is None:
             velocity = self.state[key]["velocity"] = np.zeros_like(value)
         velocity *= self.momentum
-        velocity -= self.lr * grad
+        velocity -= lr * grad
         if self.nesterov:
-            value += self.momentum * velocity - self.lr * grad
+            value += self.momentum * velocity - lr * grad
         else:
             value += velocity
 
@@ -145,7 +152,7 @@ class Adam(Optimizer):
         v += (1 - self.beta2) * grad * grad
 
         t = self.iterations
-        step = self.lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        step = self.current_lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
         value -= (step * m / (np.sqrt(v) + self.eps)).astype(value.dtype, copy=False)
 
 
@@ -160,3 +167,23 @@ def get_optimizer(spec, lr=None):
             f"optimizer must be an Optimizer or one of {sorted(names)}, got {spec!r}"
         )
     return names[spec.lower()]()
+
+
+def cosine_schedule(progress):
+    """Learning-rate factor falling from 1 to 0 along half a cosine as training
+    progresses from 0 to 1."""
+    return 0.5 * (1.0 + np.cos(np.pi * progress))
+
+
+SCHEDULES = {"constant": lambda progress: 1.0, "cosine": cosine_schedule}
+
+
+def get_schedule(spec):
+    """A schedule from a name in SCHEDULES or a callable progress -> factor."""
+    if callable(spec):
+        return spec
+    if spec not in SCHEDULES:
+        raise ValueError(
+            f"lr_schedule must be a callable or one of {sorted(SCHEDULES)}, got {spec!r}"
+        )
+    return SCHEDULES[spec]
