@@ -6,6 +6,11 @@ CONVEXT_NO_OPENMP=1     build without OpenMP even where the compiler has it.
 CONVEXT_CYTHON_DEBUG=1  turn Cython's bounds, wraparound and initialisation checks on,
                         so that an out-of-bounds index raises IndexError instead of
                         corrupting memory (slow; for testing).
+CONVEXT_PROFILE=1       a profiling build: Cython's profiling and line tracing (nogil
+                        code included), debug symbols and frame pointers, so that
+                        cProfile and line_profiler see the Cython functions and perf or
+                        py-spy --native see the C frames by name.
+CONVEXT_ANNOTATE=1      also write Cython's HTML annotation of each .pyx beside it.
 """
 
 import os
@@ -35,6 +40,10 @@ COMPILE_ARGS = {
     "unix": ["-O3", "-std=c11", "-fno-math-errno"],
     "msvc": ["/O2"],
 }
+PROFILE_ARGS = {
+    "unix": ["-g", "-fno-omit-frame-pointer"],
+    "msvc": ["/Zi"],
+}
 OPENMP_ARGS = {
     "unix": (["-fopenmp"], ["-fopenmp"]),
     "msvc": (["/openmp"], []),
@@ -47,6 +56,7 @@ def env_flag(name):
 
 def cython_directives():
     checks = env_flag("CONVEXT_CYTHON_DEBUG")
+    profile = env_flag("CONVEXT_PROFILE")
     return {
         "language_level": 3,
         "boundscheck": checks,
@@ -54,7 +64,21 @@ def cython_directives():
         "initializedcheck": checks,
         "cdivision": not checks,
         "embedsignature": True,
+        "profile": profile,
+        "linetrace": profile,
     }
+
+
+def build_macros():
+    profile = env_flag("CONVEXT_PROFILE")
+    macros = [
+        ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+        ("CONVEXT_CYTHON_DEBUG", "1" if env_flag("CONVEXT_CYTHON_DEBUG") else "0"),
+        ("CONVEXT_PROFILE_BUILD", "1" if profile else "0"),
+    ]
+    if profile:
+        macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+    return macros
 
 
 def compiler_has_openmp(compiler, compile_args, link_args):
@@ -82,6 +106,8 @@ class BuildExt(build_ext):
         family = self.compiler.compiler_type
         compile_args = list(COMPILE_ARGS.get(family, []))
         link_args = []
+        if env_flag("CONVEXT_PROFILE"):
+            compile_args += PROFILE_ARGS.get(family, [])
 
         use_openmp = False
         if not env_flag("CONVEXT_NO_OPENMP") and family in OPENMP_ARGS:
@@ -104,15 +130,16 @@ extensions = [
         "convext._kernels",
         sources=["convext/_kernels.pyx"],
         include_dirs=[np.get_include(), "csrc"],
-        define_macros=[
-            ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-            ("CONVEXT_CYTHON_DEBUG", "1" if env_flag("CONVEXT_CYTHON_DEBUG") else "0"),
-        ],
+        define_macros=build_macros(),
         depends=["csrc/convext_omp.h"],
     ),
 ]
 
 setup(
-    ext_modules=cythonize(extensions, compiler_directives=cython_directives()),
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=cython_directives(),
+        annotate=env_flag("CONVEXT_ANNOTATE"),
+    ),
     cmdclass={"build_ext": BuildExt},
 )

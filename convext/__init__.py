@@ -5,6 +5,15 @@ kernels; this package adds the layers, the loss, the optimizers and a Keras-styl
 Sequential model with fit, evaluate, predict, save and load.
 """
 
+import os
+
+# OpenMP threads that spin while they wait for work take the cores from everything
+# else. On a 2-core machine with other processes running, a training step took
+# 1516 ms with libgomp's default (spinning) wait and 290 ms with passive waiting,
+# so convext asks for passive waiting unless the user has chosen. libgomp reads
+# the variable once, when it is loaded with the compiled kernels just below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from convext._threads import get_num_threads, set_num_threads
 from convext.layers import BatchNorm, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from convext.losses import softmax, softmax_cross_entropy
@@ -44,8 +53,9 @@ def build_info():
     ]
     return {
         "version": __version__,
+        "build": "profiling" if _kernels.profiling_build() else (
+            "bounds-checked" if _kernels.bounds_checked() else "release"),
         "openmp": _kernels.openmp_enabled(),
-        "bounds_checked": _kernels.bounds_checked(),
         "threads": get_num_threads(),
         "blas": blas,
     }

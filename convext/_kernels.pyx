@@ -27,6 +27,7 @@ cdef extern from "convext_omp.h" nogil:
     int convext_openmp_enabled()
     int convext_omp_max_threads()
     int CONVEXT_CYTHON_DEBUG
+    int CONVEXT_PROFILE_BUILD
 
 
 def openmp_enabled():
@@ -37,6 +38,11 @@ def openmp_enabled():
 def bounds_checked():
     """True when the extension was compiled with Cython's bounds checks on."""
     return bool(CONVEXT_CYTHON_DEBUG)
+
+
+def profiling_build():
+    """True for a profiling build (CONVEXT_PROFILE=1): tracing and debug symbols."""
+    return bool(CONVEXT_PROFILE_BUILD)
 
 
 def omp_max_threads():

@@ -5,6 +5,7 @@ dense layer. uint8 inputs are taken as gray levels 0-255 and scaled to 0-1; floa
 inputs are used as they are.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -182,20 +183,28 @@ class Sequential:
 
     # -- forward and backward -----------------------------------------------
 
-    def forward(self, x, training=False):
-        """Logits of shape (N, K) for checked inputs of shape (N, *input_shape)."""
+    def forward(self, x, training=False, timer=None):
+        """Logits of shape (N, K) for checked inputs of shape (N, *input_shape).
+
+        timer, when given, is called as ``timer(layer_index, "forward")`` and must
+        return a context manager that times the layer (see convext.profiling).
+        """
+        timer = timer or _untimed
         with single_threaded_blas():
-            for layer in self.layers:
-                x = layer.forward(x, training)
+            for i, layer in enumerate(self.layers):
+                with timer(i, "forward"):
+                    x = layer.forward(x, training)
         return x
 
-    def backward(self, dlogits):
+    def backward(self, dlogits, timer=None):
         """Fill every layer's grads from the gradient of the loss w.r.t. the
         logits."""
+        timer = timer or _untimed
         grad = dlogits
         with single_threaded_blas():
-            for layer in reversed(self.layers):
-                grad = layer.backward(grad)
+            for i in range(len(self.layers) - 1, -1, -1):
+                with timer(i, "backward"):
+                    grad = self.layers[i].backward(grad)
 
     def loss_and_gradients(self, x, y):
         """Mean cross-entropy on (x, y) in training mode, and {name: gradient}."""
@@ -204,19 +213,21 @@ class Sequential:
         self.backward(dlogits)
         return loss, self.gradients()
 
-    def train_step(self, x, y):
+    def train_step(self, x, y, timer=None):
         """One optimizer step on a checked batch; returns (loss, correct count).
 
         Raises TrainingDiverged, without updating anything, when the loss is not
-        finite.
+        finite. timer is as for forward; it also times "loss" and "optimizer".
         """
-        logits = self.forward(x, training=True)
-        loss, dlogits, _ = softmax_cross_entropy(logits, y)
+        logits = self.forward(x, training=True, timer=timer)
+        with (timer or _untimed)("loss"):
+            loss, dlogits, _ = softmax_cross_entropy(logits, y)
+            correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         if not np.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss}")
-        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
-        self.backward(dlogits)
-        self.optimizer.step(self.parameters(), self.gradients())
+        self.backward(dlogits, timer=timer)
+        with (timer or _untimed)("optimizer"):
+            self.optimizer.step(self.parameters(), self.gradients())
         return loss, correct
 
     # -- training and inference ---------------------------------------------
@@ -396,6 +407,14 @@ class Sequential:
     def load(cls, path):
         """Read a model written by save. Nothing in the file is unpickled."""
         return load_model(path)
+
+
+def _untimed(*key):
+    """The timer used when none is given: times nothing."""
+    return _NOTHING
+
+
+_NOTHING = contextlib.nullcontext()
 
 
 def _check_count(func, name, value, minimum):

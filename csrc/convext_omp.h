@@ -28,4 +28,9 @@ static inline int convext_omp_thread_num(void) { return 0; }
 #define CONVEXT_CYTHON_DEBUG 0
 #endif
 
+/* 1 in a profiling build (CONVEXT_PROFILE=1): Cython tracing and debug symbols. */
+#ifndef CONVEXT_PROFILE_BUILD
+#define CONVEXT_PROFILE_BUILD 0
+#endif
+
 #endif /* CONVEXT_OMP_H */
