@@ -1,0 +1,123 @@
+"""Signatures of the compiled kernels (convext/_kernels.pyx).
+
+Private: convext.ops checks arguments before calling these. Arrays are
+C-contiguous float32 or float64 (all of one dtype in a call); shapes use the
+legend of the .pyx module docstring.
+"""
+
+import numpy as np
+from numpy.typing import NDArray
+
+Floats = NDArray[np.floating]
+
+def openmp_enabled() -> bool: ...
+def bounds_checked() -> bool: ...
+def profiling_build() -> bool: ...
+def omp_max_threads() -> int: ...
+def pad2d(
+    x: Floats, out: Floats, pad_top: int, pad_left: int, n_threads: int
+) -> None: ...
+def pad2d_backward(
+    dout: Floats, dx: Floats, pad_top: int, pad_left: int, n_threads: int
+) -> None: ...
+def gemm(
+    a: Floats,
+    b: Floats,
+    c: Floats,
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+    n_threads: int,
+) -> None: ...
+def im2col(
+    x: Floats,
+    cols: Floats,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_left: int,
+    out_h: int,
+    out_w: int,
+    n_threads: int,
+) -> None: ...
+def col2im(
+    dcols: Floats,
+    dx: Floats,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_left: int,
+    out_h: int,
+    out_w: int,
+    n_threads: int,
+) -> None: ...
+def conv2d_single_channel_forward(
+    x: Floats,
+    weights: Floats,
+    bias: Floats,
+    out: Floats,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_left: int,
+    n_threads: int,
+) -> None: ...
+def conv2d_single_channel_weight_grad(
+    x: Floats,
+    dout: Floats,
+    partial: NDArray[np.float64],
+    dweights: Floats,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_left: int,
+) -> None: ...
+def sum_rows(values: Floats, partial: NDArray[np.float64], out: Floats) -> None: ...
+def maxpool2d_forward(
+    x: Floats,
+    out: Floats,
+    argmax: NDArray[np.int32],
+    pool_h: int,
+    pool_w: int,
+    stride_h: int,
+    stride_w: int,
+    n_threads: int,
+) -> None: ...
+def maxpool2d_backward(
+    dout: Floats, argmax: NDArray[np.int32], dx: Floats, n_threads: int
+) -> None: ...
+def batchnorm_forward(
+    x: Floats,
+    gamma: Floats,
+    beta: Floats,
+    eps: float,
+    partial: NDArray[np.float64],
+    x_hat: Floats,
+    y: Floats,
+    mean: Floats,
+    var: Floats,
+    inv_std: Floats,
+) -> None: ...
+def batchnorm_backward(
+    dy: Floats,
+    x_hat: Floats,
+    gamma: Floats,
+    inv_std: Floats,
+    partial: NDArray[np.float64],
+    dx: Floats,
+    dgamma: Floats,
+    dbeta: Floats,
+) -> None: ...
+def scale_shift(
+    x: Floats, scale: Floats, shift: Floats, y: Floats, n_threads: int
+) -> None: ...
+def relu_forward(x: Floats, y: Floats, n_threads: int) -> None: ...
+def relu_backward(dy: Floats, y: Floats, dx: Floats, n_threads: int) -> None: ...
