@@ -4,11 +4,12 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import convext
-from convext import data
+from convext import data, plots
 from convext.model import Sequential, TrainingDiverged, load_model
 from convext.optim import Adam, SGD
 
@@ -31,6 +32,17 @@ def positive_float(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+def png_path(text):
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must end in .png, got '{text}'")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder '{path.parent}' does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder, not a file")
+    return text
 
 
 def build_parser():
@@ -71,10 +83,16 @@ def build_parser():
     train.add_argument("--out", default="model.npz",
                        help="where to save the trained model (default model.npz)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--plot", metavar="PNG", type=png_path,
+                       help="draw the loss and accuracy per epoch to this PNG "
+                            "(needs matplotlib)")
 
     evaluate = commands.add_parser("evaluate", help="loss and accuracy of a model")
     evaluate.add_argument("model", help="a model saved by convext train")
     evaluate.add_argument("csv", help="labeled data, as for train")
+    evaluate.add_argument("--confusion", metavar="PNG", type=png_path,
+                          help="draw the confusion matrix to this PNG "
+                               "(needs matplotlib)")
 
     predict = commands.add_parser(
         "predict", help="write a Kaggle submission (ImageId,Label)")
@@ -82,6 +100,21 @@ def build_parser():
     predict.add_argument("csv", help="images, with or without a label column")
     predict.add_argument("--out", default="submission.csv",
                          help="the submission file to write (default submission.csv)")
+
+    show = commands.add_parser(
+        "show", help="draw a model's filters and its misclassified images",
+        description="Draw PNG figures of a model (needs matplotlib). Pass at least "
+                    "one of --filters and --errors.")
+    show.add_argument("model", help="a model saved by convext train")
+    show.add_argument("csv", nargs="?", help="labeled data, as for train; needed "
+                      "by --errors")
+    show.add_argument("--filters", metavar="PNG", type=png_path,
+                      help="draw the weights of the first convolution to this PNG")
+    show.add_argument("--errors", metavar="PNG", type=png_path,
+                      help="draw the images of CSV that the model gets wrong to "
+                           "this PNG")
+    show.add_argument("--max-errors", metavar="N", type=positive_int, default=36,
+                      help="draw at most this many wrong images (default 36)")
     return parser
 
 
@@ -92,11 +125,21 @@ def load_labeled(path):
     return images, labels
 
 
+def require_plots(option):
+    """Fail before any slow work when the figures could not be drawn."""
+    try:
+        plots.require_matplotlib(option)
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def percent(fraction):
     return f"{100 * fraction:.2f}%"
 
 
 def run_train(args):
+    if args.plot is not None:
+        require_plots("--plot")
     if args.csv is None:
         try:
             x_train, y_train, x_test, y_test = data.load_demo()
@@ -129,10 +172,10 @@ def run_train(args):
         print(f"{line}  ({logs['seconds']:.1f} s)", flush=True)
 
     try:
-        model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  validation_split=args.validation_split, lr_schedule=args.schedule,
-                  callback=report,
-                  verbose=0 if args.quiet else 1)
+        history = model.fit(
+            x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+            validation_split=args.validation_split, lr_schedule=args.schedule,
+            callback=report, verbose=0 if args.quiet else 1)
     except TrainingDiverged as exc:
         raise CommandError(str(exc)) from None
 
@@ -143,13 +186,23 @@ def run_train(args):
         loss, accuracy = model.evaluate(x_test, y_test)
         print(f"held-out loss {loss:.4f}  accuracy {percent(accuracy)} on "
               f"{len(x_test)} images ({time.perf_counter() - started:.1f} s)")
+    if args.plot is not None:
+        plots.plot_history(history, args.plot)
+        print(f"Wrote the training curves to {args.plot}.")
 
 
 def run_evaluate(args):
+    if args.confusion is not None:
+        require_plots("--confusion")
     model = load_model(args.model)
     images, labels = load_labeled(args.csv)
     loss, accuracy = model.evaluate(images, labels)
     print(f"loss {loss:.4f}  accuracy {percent(accuracy)} on {len(images)} images")
+    if args.confusion is not None:
+        predicted = model.predict_labels(images)
+        plots.plot_confusion(labels, predicted, args.confusion,
+                             n_classes=model.output_shape[-1])
+        print(f"Wrote the confusion matrix to {args.confusion}.")
 
 
 def run_predict(args):
@@ -160,6 +213,30 @@ def run_predict(args):
     counts = np.bincount(labels, minlength=10)
     print(f"Wrote {len(labels)} predictions to {args.out} (per digit: "
           f"{' '.join(str(c) for c in counts)}).")
+
+
+def run_show(args):
+    if args.filters is None and args.errors is None:
+        raise CommandError("pass at least one of --filters PNG and --errors PNG")
+    if args.errors is not None and args.csv is None:
+        raise CommandError("--errors needs a labeled CSV after MODEL")
+    if args.errors is None and args.csv is not None:
+        raise CommandError(f"{args.csv} is only read for --errors; pass --errors PNG")
+    require_plots("show")
+    model = load_model(args.model)
+
+    if args.filters is not None:
+        plots.plot_filters(model, args.filters)
+        print(f"Wrote the first convolution's filters to {args.filters}.")
+
+    if args.errors is not None:
+        images, labels = load_labeled(args.csv)
+        predicted = model.predict_labels(images)
+        plots.plot_misclassified(images, labels, predicted, args.errors,
+                                 max_images=args.max_errors)
+        n_wrong = int(np.count_nonzero(predicted != labels))
+        print(f"Wrote {min(n_wrong, args.max_errors)} of the {n_wrong} misclassified "
+              f"images (of {len(images)}) to {args.errors}.")
 
 
 def main(argv=None):
@@ -179,7 +256,8 @@ def main(argv=None):
         parser.print_help()
         return 2
 
-    commands = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict}
+    commands = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict,
+                "show": run_show}
     try:
         commands[args.command](args)
     except (CommandError, ValueError, FileNotFoundError) as exc:
