@@ -1,7 +1,9 @@
 """The ``convext`` command: train, evaluate and predict on MNIST-style CSV files."""
 
 import argparse
+import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -9,15 +11,19 @@ from pathlib import Path
 import numpy as np
 
 import convext
-from convext import data, plots
+from convext import data, plots, profiling
 from convext.model import Sequential, TrainingDiverged, load_model
-from convext.optim import Adam, SGD
+from convext.optim import SGD, Adam
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 
 
 class CommandError(Exception):
     """A problem to report in one line, without a traceback."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the command after it saved its work."""
 
 
 def positive_int(text):
@@ -38,6 +44,16 @@ def png_path(text):
     path = Path(text)
     if path.suffix.lower() != ".png":
         raise argparse.ArgumentTypeError(f"must end in .png, got '{text}'")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder '{path.parent}' does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder, not a file")
+    return text
+
+
+def output_path(text):
+    """A file path whose folder exists and that is not itself a folder."""
+    path = Path(text)
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"folder '{path.parent}' does not exist")
     if path.is_dir():
@@ -80,8 +96,12 @@ def build_parser():
     train.add_argument("--validation-split", type=float, default=0.0,
                        help="fraction of the training data held out to validate on")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default="model.npz",
-                       help="where to save the trained model (default model.npz)")
+    train.add_argument("--out", type=output_path, default="model.npz",
+                       help="where to save the model, after every epoch and on "
+                            "Ctrl-C (default model.npz)")
+    train.add_argument("--resume", metavar="MODEL",
+                       help="go on training a model saved by convext train, with its "
+                            "optimizer state, up to --epochs epochs in all")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--plot", metavar="PNG", type=png_path,
                        help="draw the loss and accuracy per epoch to this PNG "
@@ -98,8 +118,22 @@ def build_parser():
         "predict", help="write a Kaggle submission (ImageId,Label)")
     predict.add_argument("model", help="a model saved by convext train")
     predict.add_argument("csv", help="images, with or without a label column")
-    predict.add_argument("--out", default="submission.csv",
+    predict.add_argument("--out", type=output_path, default="submission.csv",
                          help="the submission file to write (default submission.csv)")
+
+    profile = commands.add_parser(
+        "profile", help="time the layers of training steps",
+        description="Run training steps of the default network (or of --model) "
+                    "and print where the time of a step goes, layer by layer.",
+    )
+    profile.add_argument("csv", nargs="?",
+                         help="labeled data to draw batches from (default: random "
+                              "images, which time the same)")
+    profile.add_argument("--model", help="profile this saved model instead")
+    profile.add_argument("--steps", type=positive_int, default=50)
+    profile.add_argument("--batch-size", type=positive_int, default=64)
+    profile.add_argument("--json", action="store_true",
+                         help="print the timings as JSON")
 
     show = commands.add_parser(
         "show", help="draw a model's filters and its misclassified images",
@@ -156,29 +190,61 @@ def run_train(args):
         x_test, y_test = load_labeled(args.test)
         print(f"Read {len(x_test)} test images from {args.test}.")
 
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-    optimizer = Adam(lr=lr) if args.optimizer == "adam" else SGD(lr=lr, momentum=0.9)
-    model = Sequential(input_shape=x_train.shape[1:], seed=args.seed)
-    model.compile(optimizer)
-    print(f"Training {args.epochs} epochs, batch {args.batch_size}, {optimizer!r}, "
+    if args.resume is not None:
+        model = load_model(args.resume)
+        if model.optimizer is None:
+            raise CommandError(f"{args.resume} holds no optimizer state to resume")
+        lr_schedule = None
+        epochs = args.epochs - model.epochs_done
+        print(f"Resuming {args.resume} after epoch {model.epochs_done} of "
+              f"{args.epochs}.")
+        if epochs <= 0:
+            raise CommandError(
+                f"{args.resume} has already trained {model.epochs_done} epochs; "
+                f"pass --epochs above that to go on"
+            )
+    else:
+        lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+        model = Sequential(input_shape=x_train.shape[1:], seed=args.seed)
+        model.compile(Adam(lr=lr) if args.optimizer == "adam"
+                      else SGD(lr=lr, momentum=0.9))
+        lr_schedule = args.schedule
+        epochs = args.epochs
+    print(f"Training {epochs} epochs, batch {args.batch_size}, {model.optimizer!r}, "
           f"{convext.get_num_threads()} threads.")
 
-    def report(logs):
+    def end_of_epoch(logs):
         line = (f"epoch {logs['epoch']}/{args.epochs}  loss {logs['loss']:.4f}  "
                 f"accuracy {percent(logs['accuracy'])}")
         if "val_loss" in logs:
             line += (f"  val_loss {logs['val_loss']:.4f}  "
                      f"val_accuracy {percent(logs['val_accuracy'])}")
         print(f"{line}  ({logs['seconds']:.1f} s)", flush=True)
+        # A checkpoint per epoch: a crash loses at most the epoch under way.
+        model.save(args.out)
 
+    def stop_after_this_batch(signum, frame):
+        model.stop_training = True
+
+    previous_handler = signal.signal(signal.SIGINT, stop_after_this_batch)
     try:
         history = model.fit(
-            x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-            validation_split=args.validation_split, lr_schedule=args.schedule,
-            callback=report, verbose=0 if args.quiet else 1)
+            x_train, y_train, epochs=epochs, batch_size=args.batch_size,
+            validation_split=args.validation_split, lr_schedule=lr_schedule,
+            callback=end_of_epoch, verbose=0 if args.quiet else 1)
     except TrainingDiverged as exc:
         raise CommandError(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
 
+    if model.stopped_at is not None:
+        model.save(args.out)
+        epoch, batch = model.stopped_at
+        again = " ".join(["convext train", *([args.csv] if args.csv else []),
+                          "--resume", args.out, "--epochs", str(args.epochs)])
+        print(f"Interrupted in epoch {epoch} after batch {batch}: saved the model to "
+              f"{args.out}. To go on: {again}")
+        raise Interrupted()
     model.save(args.out)
     print(f"Saved the model to {args.out}.")
     if x_test is not None:
@@ -213,6 +279,30 @@ def run_predict(args):
     counts = np.bincount(labels, minlength=10)
     print(f"Wrote {len(labels)} predictions to {args.out} (per digit: "
           f"{' '.join(str(c) for c in counts)}).")
+
+
+def run_profile(args):
+    if args.model is not None:
+        model = load_model(args.model)
+    else:
+        model = Sequential(input_shape=(28, 28, 1), seed=0)
+    if args.csv is not None:
+        images, labels = load_labeled(args.csv)
+    else:
+        rng = np.random.default_rng(0)
+        n = max(args.batch_size * 4, 256)
+        images = rng.integers(0, 256, (n, *(model.input_shape or (28, 28, 1))),
+                              dtype=np.uint8)
+        labels = rng.integers(0, model.output_shape[-1], n)
+    if model.optimizer is None:
+        model.compile(SGD(lr=0.01, momentum=0.9))
+
+    report = profiling.profile_training(model, images, labels, steps=args.steps,
+                                        batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(profiling.format_profile(report))
 
 
 def run_show(args):
@@ -257,10 +347,12 @@ def main(argv=None):
         return 2
 
     commands = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict,
-                "show": run_show}
+                "profile": run_profile, "show": run_show}
     try:
         commands[args.command](args)
-    except (CommandError, ValueError, FileNotFoundError) as exc:
+    except Interrupted:
+        return 130
+    except (CommandError, ValueError, OSError) as exc:
         print(f"convext {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -20,7 +20,7 @@ from convext._threads import single_threaded_blas
 from convext.layers import LAYER_TYPES, BatchNorm, Conv2D, Dense, Flatten, Layer
 from convext.layers import MaxPool2D, ReLU
 from convext.losses import softmax, softmax_cross_entropy
-from convext.optim import OPTIMIZER_TYPES, get_optimizer, get_schedule
+from convext.optim import OPTIMIZER_TYPES, get_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ class Sequential:
         self.input_shape = None
         self.history = {}
         self.epochs_done = 0
+        # fit stops after the batch during which this becomes True.
+        self.stop_training = False
+        self.stopped_at = None
         if input_shape is not None:
             self.build(input_shape)
 
@@ -233,7 +236,7 @@ class Sequential:
     # -- training and inference ---------------------------------------------
 
     def fit(self, x, y, epochs=1, batch_size=64, validation_split=0.0,
-            validation_data=None, shuffle=True, lr_schedule="constant", callback=None,
+            validation_data=None, shuffle=True, lr_schedule=None, callback=None,
             verbose=1):
         """Train with mini-batches.
 
@@ -251,11 +254,12 @@ class Sequential:
             Overrides validation_split.
         shuffle : bool
             A new order of the training samples every epoch.
-        lr_schedule : "constant", "cosine" or callable
-            Scales the optimizer's learning rate before every step by
-            ``lr_schedule(progress)``, progress running from 0 at the first step of
-            this call to 1 after its last; "cosine" falls from 1 to 0 along half a
-            cosine.
+        lr_schedule : None, "constant", "cosine" or callable
+            Scales the optimizer's learning rate by ``lr_schedule(progress)``,
+            progress running from 0 at the first step of this call to 1 after its
+            last; "cosine" falls from 1 to 0 along half a cosine. None keeps the
+            optimizer's schedule, such as one restored with a saved model, so a
+            resumed run goes on along the schedule it started.
         callback : callable, optional
             Called after every epoch with a dict: epoch, loss, accuracy, seconds and,
             with validation, val_loss and val_accuracy.
@@ -291,12 +295,14 @@ class Sequential:
             raise ValueError(f"{func}: x must hold at least one sample, got 0")
         if self.optimizer is None:
             self.compile()
-        schedule = get_schedule(lr_schedule)
-
         n = len(x)
         n_batches = -(-n // batch_size)
-        total_steps = epochs * n_batches
-        for epoch_index in range(epochs):
+        if lr_schedule is not None:
+            self.optimizer.set_schedule(lr_schedule, epochs * n_batches)
+
+        self.stop_training = False
+        self.stopped_at = None
+        for _ in range(epochs):
             epoch = self.epochs_done + 1
             started = time.perf_counter()
             order = self.rng.permutation(n) if shuffle else np.arange(n)
@@ -306,8 +312,6 @@ class Sequential:
                        disable=None if verbose else True, leave=False)
             for b in bar:
                 batch = order[b * batch_size:(b + 1) * batch_size]
-                step = epoch_index * n_batches + b
-                self.optimizer.lr_scale = schedule(step / total_steps)
                 try:
                     loss, correct = self.train_step(x[batch], y[batch])
                 except TrainingDiverged as exc:
@@ -321,8 +325,19 @@ class Sequential:
                 total_loss += loss * len(batch)
                 total_correct += correct
                 if b % 20 == 0:
-                    bar.set_postfix(loss=f"{total_loss / min(n, (b + 1) * batch_size):.4f}")
+                    seen = min(n, (b + 1) * batch_size)
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}",
+                                    accuracy=f"{total_correct / seen:.4f}")
+                if self.stop_training:
+                    break
             bar.close()
+            if self.stop_training:
+                # Set from outside (a signal handler, a callback): the weights keep
+                # the finished batches, the unfinished epoch is not counted.
+                self.stopped_at = (epoch, b + 1)
+                logger.info("training stopped at epoch %d after batch %d of %d",
+                            epoch, b + 1, n_batches)
+                break
 
             logs = {"epoch": epoch, "loss": total_loss / n,
                     "accuracy": total_correct / n}
@@ -388,6 +403,9 @@ class Sequential:
             "seed": self.seed,
             "epochs_done": self.epochs_done,
             "history": self.history,
+            # The shuffling generator, so that a resumed run draws what an
+            # uninterrupted one would have.
+            "rng_state": self.rng.bit_generator.state,
             "layers": [{"class": type(layer).__name__, "config": layer.get_config()}
                        for layer in self.layers],
         }
@@ -397,7 +415,8 @@ class Sequential:
                 arrays[f"layer{i}/{name}"] = value
         if include_optimizer and self.optimizer is not None:
             header["optimizer"] = {"class": type(self.optimizer).__name__,
-                                   "config": self.optimizer.get_config()}
+                                   "config": self.optimizer.get_config(),
+                                   "schedule": self.optimizer.schedule_config()}
             for name, value in self.optimizer.state_arrays().items():
                 arrays[f"optimizer/{name}"] = value
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
@@ -490,10 +509,14 @@ def load_model(path):
                         )
                     store[name] = saved.astype(model.dtype)
         model.epochs_done = int(header.get("epochs_done", 0))
+        if "rng_state" in header:
+            model.rng.bit_generator.state = header["rng_state"]
         model.history = header.get("history", {})
         if "optimizer" in header:
             spec = header["optimizer"]
             model.optimizer = OPTIMIZER_TYPES[spec["class"]](**spec["config"])
+            if spec.get("schedule") is not None:
+                model.optimizer.restore_schedule(spec["schedule"])
             prefix = "optimizer/"
             model.optimizer.load_state_arrays(
                 {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})

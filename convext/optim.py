@@ -35,12 +35,42 @@ class Optimizer:
     def __init__(self):
         self.state = {}
         self.iterations = 0
-        # Multiplies lr; a learning-rate schedule sets it before each step.
-        self.lr_scale = 1.0
+        self.schedule = None
+        self.schedule_start = 0
+        self.schedule_steps = 0
+
+    def set_schedule(self, schedule, steps):
+        """Scale lr by ``schedule(progress)`` over the next ``steps`` steps.
+
+        progress runs from 0 at the next step to 1 after the last; past the span
+        the factor stays at schedule(1). schedule is a name in SCHEDULES or a
+        callable (only named schedules are saved with a model).
+        """
+        self.schedule = get_schedule(schedule)
+        self.schedule_start = self.iterations
+        self.schedule_steps = max(int(steps), 1)
+
+    def schedule_config(self):
+        """The schedule as JSON-ready values, or None without a named schedule."""
+        for name, function in SCHEDULES.items():
+            if self.schedule is function:
+                return {"name": name, "start": self.schedule_start,
+                        "steps": self.schedule_steps}
+        return None
+
+    def restore_schedule(self, config):
+        self.schedule = get_schedule(config["name"])
+        self.schedule_start = int(config["start"])
+        self.schedule_steps = int(config["steps"])
 
     @property
     def current_lr(self):
-        return self.lr * self.lr_scale
+        """The learning rate of the step being taken (or the next one)."""
+        if self.schedule is None:
+            return self.lr
+        done = max(self.iterations - 1, 0) - self.schedule_start
+        progress = min(max(done / self.schedule_steps, 0.0), 1.0)
+        return self.lr * self.schedule(progress)
 
     def get_config(self):
         return {}
@@ -175,7 +205,11 @@ def cosine_schedule(progress):
     return 0.5 * (1.0 + np.cos(np.pi * progress))
 
 
-SCHEDULES = {"constant": lambda progress: 1.0, "cosine": cosine_schedule}
+def constant_schedule(progress):
+    return 1.0
+
+
+SCHEDULES = {"constant": constant_schedule, "cosine": cosine_schedule}
 
 
 def get_schedule(spec):
