@@ -12,7 +12,7 @@ import numpy as np
 
 import convext
 from convext import data, plots, profiling
-from convext.model import Sequential, TrainingDiverged, load_model
+from convext.model import Sequential, TrainingDiverged, load_model, steps_per_epoch
 from convext.optim import SGD, Adam
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
@@ -196,6 +196,12 @@ def run_train(args):
             raise CommandError(f"{args.resume} holds no optimizer state to resume")
         lr_schedule = None
         epochs = args.epochs - model.epochs_done
+        if model.optimizer.schedule is not None:
+            # The schedule spans the run up to --epochs: an interrupted run goes on
+            # along its own curve, an extended one along the curve stretched to
+            # the new end (which ends at a learning rate of 0 otherwise).
+            model.optimizer.schedule_steps = args.epochs * steps_per_epoch(
+                len(x_train), args.batch_size, args.validation_split)
         print(f"Resuming {args.resume} after epoch {model.epochs_done} of "
               f"{args.epochs}.")
         if epochs <= 0:

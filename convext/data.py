@@ -39,13 +39,14 @@ import gzip
 import logging
 import os
 import re
-import secrets
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from convext._files import atomic_write
 
 __all__ = [
     "load_csv",
@@ -453,19 +454,8 @@ def write_submission(path: str | os.PathLike, labels) -> None:
     if final.name.lower().endswith(".gz"):
         compression = {"method": "gzip", "mtime": 0}
 
-    tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL refuses to reuse a stray file; mode 0o666 lets the umask decide
-    # the permissions, as for any newly created file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            frame.to_csv(
-                handle, index=False, lineterminator="\n", compression=compression
-            )
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(final) as handle:
+        frame.to_csv(handle, index=False, lineterminator="\n", compression=compression)
 
     logger.debug("write_submission: wrote %d labels to '%s'", labels.size, final)
 

@@ -9,13 +9,13 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 import zipfile
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from convext._files import atomic_write
 from convext._threads import single_threaded_blas
 from convext.layers import LAYER_TYPES, BatchNorm, Conv2D, Dense, Flatten, Layer
 from convext.layers import MaxPool2D, ReLU
@@ -177,7 +177,7 @@ class Sequential:
         return y.astype(np.intp, copy=False)
 
     def _prepare(self, func, x, y=None):
-        if x.ndim >= 2 and not self.built:
+        if isinstance(x, np.ndarray) and x.ndim >= 2 and not self.built:
             self.build(x.shape[1:])
         x = self._check_x(func, x)
         if y is None:
@@ -223,7 +223,9 @@ class Sequential:
         finite. timer is as for forward; it also times "loss" and "optimizer".
         """
         logits = self.forward(x, training=True, timer=timer)
-        with (timer or _untimed)("loss"):
+        # Overflowing logits are reported as TrainingDiverged below, not as
+        # NumPy warnings on the way there.
+        with (timer or _untimed)("loss"), np.errstate(over="ignore", invalid="ignore"):
             loss, dlogits, _ = softmax_cross_entropy(logits, y)
             correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         if not np.isfinite(loss):
@@ -281,7 +283,7 @@ class Sequential:
         if validation_data is not None:
             x_val, y_val = self._prepare(func, *validation_data)
         elif validation_split > 0:
-            n_val = int(round(len(x) * validation_split))
+            n_val = validation_count(len(x), validation_split)
             if n_val == 0 or n_val == len(x):
                 raise ValueError(
                     f"{func}: validation_split {validation_split} of {len(x)} samples "
@@ -296,7 +298,7 @@ class Sequential:
         if self.optimizer is None:
             self.compile()
         n = len(x)
-        n_batches = -(-n // batch_size)
+        n_batches = steps_per_epoch(n, batch_size)
         if lr_schedule is not None:
             self.optimizer.set_schedule(lr_schedule, epochs * n_batches)
 
@@ -420,12 +422,24 @@ class Sequential:
             for name, value in self.optimizer.state_arrays().items():
                 arrays[f"optimizer/{name}"] = value
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        _write_atomically(path, arrays)
+        with atomic_write(path) as handle:
+            np.savez(handle, **arrays)
 
     @classmethod
     def load(cls, path):
         """Read a model written by save. Nothing in the file is unpickled."""
         return load_model(path)
+
+
+def steps_per_epoch(n_samples, batch_size, validation_split=0.0):
+    """Optimizer steps in one epoch of fit, the last partial batch included."""
+    n_train = n_samples - validation_count(n_samples, validation_split)
+    return -(-n_train // batch_size)
+
+
+def validation_count(n_samples, validation_split):
+    """How many of n_samples fit holds out for validation_split."""
+    return int(round(n_samples * validation_split))
 
 
 def _untimed(*key):
@@ -444,21 +458,6 @@ def _check_count(func, name, value, minimum):
     return int(value)
 
 
-def _write_atomically(path, arrays):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def load_model(path):
     """A Sequential model from a file written by Sequential.save.
 
@@ -467,7 +466,9 @@ def load_model(path):
     """
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # The handle is ours to close: np.load leaves a file it opened itself open
+        # when the archive turns out to be truncated.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise

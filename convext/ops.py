@@ -59,7 +59,7 @@ def compute_dtype(func, **arrays):
     for name, value in arrays.items():
         if value is None:
             continue
-        if not isinstance(value, np.ndarray):
+        if not isinstance(value, (np.ndarray, np.generic)):
             raise TypeError(
                 f"{func}: {name} must be a numpy.ndarray, got {type(value).__name__}"
             )
@@ -488,13 +488,14 @@ def maxpool2d_backward(dout, argmax, input_shape):
             f"{func}: input_shape must be (N, H, W, C) with N and C of dout "
             f"{dout.shape}, got {input_shape}"
         )
-    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
     pixels = input_shape[1] * input_shape[2]
+    # Checked before the conversion to int32, which would wrap large values.
     if argmax.size and (argmax.min() < 0 or argmax.max() >= pixels):
         raise ValueError(
             f"{func}: argmax must index the {pixels} pixels of input_shape "
             f"{input_shape}, got values from {argmax.min()} to {argmax.max()}"
         )
+    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
 
     dx = np.empty(input_shape, dtype=dtype)
     _kernels.maxpool2d_backward(dout, argmax, dx, get_num_threads())
@@ -654,7 +655,8 @@ def relu_forward(x, out=None):
     out : ndarray like x, optional; may be x itself for an in-place ReLU
     """
     dtype = compute_dtype("relu_forward", x=x)
-    x = np.ascontiguousarray(x, dtype=dtype)
+    # asarray keeps a 0-D array 0-D, where ascontiguousarray would make it 1-D.
+    x = np.asarray(x, dtype=dtype, order="C")
     out = _output_like("relu_forward", out, x)
     _kernels.relu_forward(x.reshape(-1), out.reshape(-1), get_num_threads())
     return out
@@ -669,8 +671,8 @@ def relu_backward(dy, y):
     """
     dtype = compute_dtype("relu_backward", dy=dy, y=y)
     _check_same_shape("relu_backward", "dy", dy, y.shape)
-    dy = np.ascontiguousarray(dy, dtype=dtype)
-    y = np.ascontiguousarray(y, dtype=dtype)
+    dy = np.asarray(dy, dtype=dtype, order="C")
+    y = np.asarray(y, dtype=dtype, order="C")
     dx = np.empty_like(dy)
     _kernels.relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1),
                            get_num_threads())

@@ -16,10 +16,9 @@ def register(cls):
 
 
 def _check_number(optimizer, name, value, low, high=None, low_open=False):
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (high is None
-                                                              or value < high)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"{optimizer}: {name} must be a number, got {value!r}")
+    ok = (value > low if low_open else value >= low) and (high is None or value < high)
     if not ok:
         bound = f"{'>' if low_open else '>='} {low}"
         if high is not None:
