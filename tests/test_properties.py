@@ -13,6 +13,7 @@ prints as a short tuple of sizes, dtypes and layouts.
 """
 
 import math
+import os
 import warnings
 from typing import NamedTuple
 
@@ -1037,6 +1038,15 @@ def test_relu_backward_is_reference_or_raises(case):
 
 # ---------------------------------------------------------------------------
 # The bounds-checked build
+
+
+def test_build_is_bounds_checked_when_ci_asks_for_it():
+    # CI installs the bounds-checked build and sets this variable, so that a
+    # release build slipping in fails instead of skipping the test below.
+    if os.environ.get("CONVEXT_EXPECT_BOUNDS_CHECKED") != "1":
+        pytest.skip("CONVEXT_EXPECT_BOUNDS_CHECKED is not set")
+
+    assert _kernels.bounds_checked()
 
 
 @pytest.mark.skipif(
