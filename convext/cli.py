@@ -15,7 +15,7 @@ from convext import data, plots, profiling
 from convext.model import Sequential, TrainingDiverged, load_model, steps_per_epoch
 from convext.optim import SGD, Adam
 
-DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+DEFAULT_LR = {"adam": 2e-3, "sgd": 0.02}
 
 
 class CommandError(Exception):
@@ -85,11 +85,11 @@ def build_parser():
     train.add_argument("--test", metavar="CSV",
                        help="labeled test data to report accuracy on after training")
     train.add_argument("--epochs", type=positive_int, default=2)
-    train.add_argument("--batch-size", type=positive_int, default=64)
+    train.add_argument("--batch-size", type=positive_int, default=32)
     train.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam")
     train.add_argument("--lr", type=positive_float, default=None,
-                       help="learning rate (default 0.001 for adam, 0.01 for sgd, "
-                            "which uses momentum 0.9)")
+                       help="peak learning rate (default 0.002 for adam, 0.02 for "
+                            "sgd, which uses momentum 0.9)")
     train.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                        help="learning-rate schedule over the run (default cosine, "
                             "falling from --lr to 0)")
