@@ -468,8 +468,14 @@ def load_model(path):
     try:
         # The handle is ours to close: np.load leaves a file it opened itself open
         # when the archive turns out to be truncated.
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        with open(path, "rb") as handle:
+            # np.load takes anything that is not a zip or .npy archive for a
+            # pickle and would say so; a model file is a zip archive.
+            if handle.read(4) != b"PK\x03\x04":
+                raise ValueError("it is not an .npz (zip) archive")
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
