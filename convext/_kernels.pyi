@@ -29,6 +29,14 @@ def gemm(
     accumulate: bool,
     n_threads: int,
 ) -> None: ...
+def gemm_split_inner(
+    a: Floats,
+    b: Floats,
+    c: Floats,
+    trans_a: bool,
+    trans_b: bool,
+    partial: Floats,
+) -> None: ...
 def im2col(
     x: Floats,
     cols: Floats,
@@ -54,31 +62,6 @@ def col2im(
     out_h: int,
     out_w: int,
     n_threads: int,
-) -> None: ...
-def conv2d_single_channel_forward(
-    x: Floats,
-    weights: Floats,
-    bias: Floats,
-    out: Floats,
-    kernel_h: int,
-    kernel_w: int,
-    stride_h: int,
-    stride_w: int,
-    pad_top: int,
-    pad_left: int,
-    n_threads: int,
-) -> None: ...
-def conv2d_single_channel_weight_grad(
-    x: Floats,
-    dout: Floats,
-    partial: NDArray[np.float64],
-    dweights: Floats,
-    kernel_h: int,
-    kernel_w: int,
-    stride_h: int,
-    stride_w: int,
-    pad_top: int,
-    pad_left: int,
 ) -> None: ...
 def sum_rows(values: Floats, partial: NDArray[np.float64], out: Floats) -> None: ...
 def maxpool2d_forward(

@@ -1,4 +1,4 @@
-"""Compiled kernels of convext: im2col/col2im, direct convolution, pooling,
+"""Compiled kernels of convext: matrix products, im2col/col2im, pooling,
 batch-norm and ReLU, over NHWC arrays.
 
 Shape legend, used in every comment below:
@@ -164,6 +164,48 @@ def gemm(
                    &c[first, 0], <int>n_cols)
 
 
+def gemm_split_inner(
+    const floating[:, ::1] a,           # (M, K), or (K, M) when trans_a
+    const floating[:, ::1] b,           # (K, N), or (N, K) when trans_b
+    floating[:, ::1] c,                 # (M, N), overwritten
+    bint trans_a,
+    bint trans_b,
+    floating[:, :, ::1] partial,        # (T, M, N) scratch, one product per thread
+):
+    """c = op(a) @ op(b) for a small c and a long inner dimension K.
+
+    Splitting the few rows of c would leave threads idle (a weight gradient of
+    9 x 32 summed over 50176 pixels, say), so each of the T threads multiplies
+    its own slice of K into partial[t], and the slices are added in order.
+    """
+    cdef Py_ssize_t n_rows = c.shape[0], n_cols = c.shape[1]
+    cdef Py_ssize_t inner = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t n_chunks = partial.shape[0]
+    cdef Py_ssize_t t, first, last, i, j
+    cdef const floating *a_slice
+    cdef const floating *b_slice
+
+    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
+        first = t * inner // n_chunks
+        last = (t + 1) * inner // n_chunks
+        if last == first:
+            memset(&partial[t, 0, 0], 0, n_rows * n_cols * sizeof(floating))
+            continue
+        # Columns [first, last) of op(a) and rows [first, last) of op(b).
+        a_slice = &a[first, 0] if trans_a else &a[0, first]
+        b_slice = &b[0, first] if trans_b else &b[first, 0]
+        gemm_block(trans_a, trans_b, <int>n_rows, <int>n_cols, <int>(last - first),
+                   a_slice, <int>a.shape[1], b_slice, <int>b.shape[1], 0,
+                   &partial[t, 0, 0], <int>n_cols)
+
+    for i in range(n_rows):
+        for j in range(n_cols):
+            c[i, j] = partial[0, i, j]
+        for t in range(1, n_chunks):
+            for j in range(n_cols):
+                c[i, j] += partial[t, i, j]
+
+
 # ---------------------------------------------------------------------------
 # Convolution by im2col: one row of cols per output pixel, one column per tap
 
@@ -258,111 +300,6 @@ def col2im(
                         dcols_px = &dcols[row, col]
                         for c in range(channels):
                             dx_px[c] = dx_px[c] + dcols_px[c]
-
-
-def conv2d_single_channel_forward(
-    const floating[:, :, :, ::1] x,     # (N, H, W, 1)
-    const floating[:, ::1] weights,     # (KH * KW, F)
-    const floating[::1] bias,           # (F,)
-    floating[:, :, :, ::1] out,         # (N, OH, OW, F)
-    Py_ssize_t kernel_h,
-    Py_ssize_t kernel_w,
-    Py_ssize_t stride_h,
-    Py_ssize_t stride_w,
-    Py_ssize_t pad_top,
-    Py_ssize_t pad_left,
-    int n_threads,
-):
-    """Direct convolution of a one-channel input.
-
-    With C = 1 the im2col product has an inner dimension of only KH * KW, where a
-    GEMM runs far below its peak; this loop over the taps, with the F filters as the
-    contiguous inner axis, needs no column buffer at all.
-    """
-    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1], width = x.shape[2]
-    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
-    cdef Py_ssize_t n_filters = out.shape[3]
-    cdef Py_ssize_t n, oy, ox, ky, kx, iy, ix, f
-    cdef floating pixel
-    cdef floating *out_px
-    cdef const floating *w_tap
-
-    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
-        for oy in range(out_h):
-            for ox in range(out_w):
-                out_px = &out[n, oy, ox, 0]
-                for f in range(n_filters):
-                    out_px[f] = bias[f]
-                for ky in range(kernel_h):
-                    iy = oy * stride_h - pad_top + ky
-                    if iy < 0 or iy >= height:
-                        continue
-                    for kx in range(kernel_w):
-                        ix = ox * stride_w - pad_left + kx
-                        if ix < 0 or ix >= width:
-                            continue
-                        pixel = x[n, iy, ix, 0]
-                        w_tap = &weights[ky * kernel_w + kx, 0]
-                        for f in range(n_filters):
-                            out_px[f] = out_px[f] + pixel * w_tap[f]
-
-
-def conv2d_single_channel_weight_grad(
-    const floating[:, :, :, ::1] x,     # (N, H, W, 1)
-    const floating[:, :, :, ::1] dout,  # (N, OH, OW, F)
-    double[:, :, ::1] partial,          # (T, KH * KW, F) scratch, one slab per thread
-    floating[:, ::1] dweights,          # (KH * KW, F), overwritten
-    Py_ssize_t kernel_h,
-    Py_ssize_t kernel_w,
-    Py_ssize_t stride_h,
-    Py_ssize_t stride_w,
-    Py_ssize_t pad_top,
-    Py_ssize_t pad_left,
-):
-    """Weight gradient of a one-channel convolution, without a column buffer.
-
-    Thread t sums the samples of its share of the batch into partial[t] (in double
-    precision); the slabs are then added in a fixed order, so that runs with the
-    same number of threads give the same bits.
-    """
-    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1], width = x.shape[2]
-    cdef Py_ssize_t out_h = dout.shape[1], out_w = dout.shape[2]
-    cdef Py_ssize_t n_filters = dout.shape[3], n_taps = kernel_h * kernel_w
-    cdef Py_ssize_t n_chunks = partial.shape[0]
-    cdef Py_ssize_t t, n, oy, ox, ky, kx, iy, ix, f, tap, first, last
-    cdef double pixel
-    cdef double *acc
-    cdef const floating *dout_px
-
-    # pass 1: per-thread sums over a contiguous block of samples
-    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
-        memset(&partial[t, 0, 0], 0, n_taps * n_filters * sizeof(double))
-        first = t * n_batch // n_chunks
-        last = (t + 1) * n_batch // n_chunks
-        for n in range(first, last):
-            for oy in range(out_h):
-                for ox in range(out_w):
-                    dout_px = &dout[n, oy, ox, 0]
-                    for ky in range(kernel_h):
-                        iy = oy * stride_h - pad_top + ky
-                        if iy < 0 or iy >= height:
-                            continue
-                        for kx in range(kernel_w):
-                            ix = ox * stride_w - pad_left + kx
-                            if ix < 0 or ix >= width:
-                                continue
-                            pixel = x[n, iy, ix, 0]
-                            acc = &partial[t, ky * kernel_w + kx, 0]
-                            for f in range(n_filters):
-                                acc[f] = acc[f] + pixel * dout_px[f]
-
-    # pass 2: add the slabs in order
-    for tap in range(n_taps):
-        for f in range(n_filters):
-            pixel = 0.0
-            for t in range(n_chunks):
-                pixel = pixel + partial[t, tap, f]
-            dweights[tap, f] = <floating>pixel
 
 
 def sum_rows(

@@ -22,6 +22,7 @@ from convext.ops import (
     conv2d_backward_checked,
     conv2d_forward_checked,
     conv_geometry,
+    matmul,
 )
 
 LAYER_TYPES = {}
@@ -398,20 +399,19 @@ class Dense(Layer):
         weights = self.params["weights"]
         out = self.workspace.get("out", (x.shape[0], self.units), x.dtype)
         out[:] = self.params["bias"] if self.use_bias else 0
-        _kernels.gemm(x, weights, out, False, False, True, get_num_threads())
+        matmul(x, weights, out, accumulate=True, workspace=self.workspace)
         return out
 
     def backward(self, dy):
         weights = self.params["weights"]
-        threads = get_num_threads()
         # (D, N) @ (N, U) -> (D, U)
         dweights = self.grads["weights"] = np.empty_like(weights)
-        _kernels.gemm(self._x, dy, dweights, True, False, False, threads)
+        matmul(self._x, dy, dweights, trans_a=True, workspace=self.workspace)
         if self.use_bias:
             self.grads["bias"] = dy.sum(axis=0)
         if not self.need_input_grad:
             return None
         # (N, U) @ (U, D) -> (N, D)
         dx = self.workspace.get("dx", self._x.shape, dy.dtype)
-        _kernels.gemm(dy, weights, dx, False, True, False, threads)
+        matmul(dy, weights, dx, trans_b=True, workspace=self.workspace)
         return dx

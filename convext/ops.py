@@ -184,6 +184,27 @@ def _check_same_shape(func, name, value, expected_shape):
 
 
 # ---------------------------------------------------------------------------
+# Matrix products
+
+
+def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, workspace=None):
+    """c = op(a) @ op(b) (or c += when accumulate) on checked C-contiguous arrays
+    of one dtype, with op the transpose where asked; the BLAS called from
+    convext's threads, so it must be held to one thread (single_threaded_blas)."""
+    threads = get_num_threads()
+    rows = c.shape[0]
+    inner = a.shape[0] if trans_a else a.shape[1]
+    # Few rows and a long inner dimension (a weight gradient summed over every
+    # pixel of a batch): the threads split the inner dimension instead of the rows.
+    if threads > 1 and not accumulate and rows < 32 * threads and inner > 64 * rows:
+        partial = (workspace or Workspace()).get("matmul_partial",
+                                                 (threads, *c.shape), c.dtype)
+        _kernels.gemm_split_inner(a, b, c, trans_a, trans_b, partial)
+    else:
+        _kernels.gemm(a, b, c, trans_a, trans_b, accumulate, threads)
+
+
+# ---------------------------------------------------------------------------
 # Zero padding
 
 
@@ -275,8 +296,10 @@ def _check_conv_args(func, x, weights, bias, dtype=None):
 def conv2d_forward_checked(x, weights, bias, geometry, workspace):
     """conv2d_forward on arrays that have passed the checks.
 
-    Leaves the im2col matrix of x in workspace["cols"] (except for one input
-    channel, which takes a direct kernel), where conv2d_backward_checked reads it.
+    Leaves the im2col matrix of x in workspace["cols"], where
+    conv2d_backward_checked reads it. One input channel takes the same path:
+    measured at batch 64 on 28x28x1 images with 32 filters, im2col and the BLAS
+    took 1.1 ms against 2.5 ms for a direct loop over the 9 taps.
     """
     n, _, _, c = x.shape
     kernel_h, kernel_w, _, n_filters = weights.shape
@@ -286,13 +309,6 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace):
     if bias is None:
         bias = workspace.get("zero_bias", (n_filters,), x.dtype)
         bias[:] = 0
-
-    if c == 1:
-        _kernels.conv2d_single_channel_forward(
-            x, weights.reshape(kernel_h * kernel_w, n_filters), bias, out,
-            kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left, threads,
-        )
-        return out
 
     # (N * OH * OW, KH * KW * C) @ (KH * KW * C, F) -> (N * OH * OW, F), which is
     # the NHWC output itself.
@@ -304,8 +320,8 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace):
     )
     out_2d = out.reshape(-1, n_filters)
     out_2d[:] = bias
-    _kernels.gemm(cols, weights.reshape(-1, n_filters), out_2d, False, False, True,
-                  threads)
+    matmul(cols, weights.reshape(-1, n_filters), out_2d, accumulate=True,
+           workspace=workspace)
     return out
 
 
@@ -325,22 +341,15 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
 
     # weight gradient: cols^T @ dout, (KH * KW * C, N * OH * OW) @ (N * OH * OW, F)
     dweights = np.empty(weights.shape, dtype=x.dtype)
-    if c == 1:
-        _kernels.conv2d_single_channel_weight_grad(
-            x, dout, np.empty((chunks, kernel_h * kernel_w, n_filters)),
-            dweights.reshape(kernel_h * kernel_w, n_filters),
-            kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+    cols = workspace.get("cols", (n * g.out_h * g.out_w, kernel_h * kernel_w * c),
+                         x.dtype)
+    if not cols_ready:
+        _kernels.im2col(
+            x, cols, kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top,
+            g.pad_left, g.out_h, g.out_w, threads,
         )
-    else:
-        cols = workspace.get("cols", (n * g.out_h * g.out_w, kernel_h * kernel_w * c),
-                             x.dtype)
-        if not cols_ready:
-            _kernels.im2col(
-                x, cols, kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top,
-                g.pad_left, g.out_h, g.out_w, threads,
-            )
-        _kernels.gemm(cols, dout_2d, dweights.reshape(-1, n_filters), True, False,
-                      False, threads)
+    matmul(cols, dout_2d, dweights.reshape(-1, n_filters), trans_a=True,
+           workspace=workspace)
 
     if not need_input_grad:
         return None, dweights, dbias
@@ -348,8 +357,8 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
     # input gradient: dout @ weights^T gives dcols, which col2im adds back onto x
     dcols = workspace.get("dcols", (dout_2d.shape[0], kernel_h * kernel_w * c),
                           x.dtype)
-    _kernels.gemm(dout_2d, weights.reshape(-1, n_filters), dcols, False, True, False,
-                  threads)
+    matmul(dout_2d, weights.reshape(-1, n_filters), dcols, trans_b=True,
+           workspace=workspace)
     dx = np.empty((n, h, w, c), dtype=x.dtype)
     _kernels.col2im(
         dcols, dx, kernel_h, kernel_w, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
