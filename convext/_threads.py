@@ -39,6 +39,18 @@ def get_num_threads():
     return _num_threads
 
 
+# Below this many elements of work a kernel runs on the calling thread alone. With
+# passive waiting, waking a second OpenMP thread costs tens of microseconds, more
+# than the work: ReLU on a 64 x 128 batch took 0.095 ms on two threads and
+# 0.004 ms in PyTorch.
+SMALL_WORK = 1 << 15
+
+
+def threads_for(work):
+    """Threads for a kernel call doing about ``work`` elements of work."""
+    return 1 if work < SMALL_WORK else get_num_threads()
+
+
 def set_num_threads(n_threads):
     """Set the number of threads of convext's kernels.
 

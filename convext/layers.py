@@ -14,7 +14,7 @@ that keep an output across calls copy it.
 import numpy as np
 
 from convext import _kernels
-from convext._threads import get_num_threads
+from convext._threads import threads_for
 from convext.ops import (
     Workspace,
     as_pair,
@@ -226,13 +226,13 @@ class MaxPool2D(Layer):
         out = self.workspace.get("out", shape, x.dtype)
         argmax = self.workspace.get("argmax", shape, np.int32)
         _kernels.maxpool2d_forward(x, out, argmax, *self.pool_size, *self.stride,
-                                   get_num_threads())
+                                   threads_for(x.size))
         return out
 
     def backward(self, dy):
         argmax = self.workspace.get("argmax", dy.shape, np.int32)
         dx = self.workspace.get("dx", (dy.shape[0], *self.input_shape), dy.dtype)
-        _kernels.maxpool2d_backward(dy, argmax, dx, get_num_threads())
+        _kernels.maxpool2d_backward(dy, argmax, dx, threads_for(dx.size))
         return dx
 
 
@@ -286,7 +286,7 @@ class BatchNorm(Layer):
         y = ws.get("y", x.shape, dtype)
         self._mean, self._var, self._inv_std = (np.empty(channels, dtype)
                                                 for _ in range(3))
-        chunks = max(1, min(get_num_threads(), rows))
+        chunks = max(1, min(threads_for(x.size), rows))
         _kernels.batchnorm_forward(
             x.reshape(rows, channels), gamma, beta, self.eps,
             ws.get("partial", (chunks, channels), np.float64),
@@ -300,7 +300,7 @@ class BatchNorm(Layer):
         rows = dy.size // channels
         dx = self.workspace.get("dx", dy.shape, dy.dtype)
         dgamma, dbeta = np.empty(channels, dy.dtype), np.empty(channels, dy.dtype)
-        chunks = max(1, min(get_num_threads(), rows))
+        chunks = max(1, min(threads_for(dy.size), rows))
         _kernels.batchnorm_backward(
             dy.reshape(rows, channels), self._x_hat.reshape(rows, channels),
             self.params["gamma"], self._inv_std,
@@ -329,14 +329,14 @@ class ReLU(Layer):
 
     def forward(self, x, training):
         y = self.workspace.get("y", x.shape, x.dtype)
-        _kernels.relu_forward(x.reshape(-1), y.reshape(-1), get_num_threads())
+        _kernels.relu_forward(x.reshape(-1), y.reshape(-1), threads_for(x.size))
         self._y = y
         return y
 
     def backward(self, dy):
         dx = self.workspace.get("dx", dy.shape, dy.dtype)
         _kernels.relu_backward(dy.reshape(-1), self._y.reshape(-1), dx.reshape(-1),
-                               get_num_threads())
+                               threads_for(dy.size))
         return dx
 
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convext import _kernels
-from convext._threads import get_num_threads, single_threaded_blas
+from convext._threads import get_num_threads, single_threaded_blas, threads_for
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -191,9 +191,9 @@ def matmul(a, b, c, trans_a=False, trans_b=False, accumulate=False, workspace=No
     """c = op(a) @ op(b) (or c += when accumulate) on checked C-contiguous arrays
     of one dtype, with op the transpose where asked; the BLAS called from
     convext's threads, so it must be held to one thread (single_threaded_blas)."""
-    threads = get_num_threads()
     rows = c.shape[0]
     inner = a.shape[0] if trans_a else a.shape[1]
+    threads = threads_for(rows * c.shape[1] * inner // 8)
     # Few rows and a long inner dimension (a weight gradient summed over every
     # pixel of a batch): the threads split the inner dimension instead of the rows.
     if threads > 1 and not accumulate and rows < 32 * threads and inner > 64 * rows:
