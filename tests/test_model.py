@@ -441,7 +441,9 @@ def test_predict_predict_labels_and_evaluate_agree():
     assert (probabilities >= 0).all()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(labels, probabilities.argmax(axis=1))
-    np.testing.assert_allclose(model.predict(x, batch_size=4), probabilities, rtol=1e-6)
+    # Another batch size splits the products differently over the threads: the
+    # float32 results agree to rounding, not bit for bit.
+    np.testing.assert_allclose(model.predict(x, batch_size=4), probabilities, rtol=1e-5)
     expected_loss = np.mean(-np.log(probabilities[np.arange(30), y].astype(np.float64)))
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     assert accuracy == pytest.approx(np.mean(labels == y))
