@@ -1,8 +1,10 @@
 """Tests for the convext command line: train, evaluate, predict, --version."""
 
 import io
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -465,3 +467,39 @@ def test_console_script_prints_the_version():
 
     assert result.returncode == 0
     assert result.stdout.splitlines()[0] == f"convext {convext.__version__}"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a subprocess")
+def test_ctrl_c_saves_the_model_and_resume_goes_on(files, tmp_path):
+    model_path = tmp_path / "interrupted.npz"
+    command = [sys.executable, "-c", "import sys; from convext.cli import main; "
+               "sys.exit(main())", "--threads", "1", "train", str(files["train"]),
+               "--epochs", "40", "--batch-size", "4", "--out", str(model_path),
+               "--quiet"]
+    # The child imports the convext this test imported, whatever sits in its cwd.
+    env = dict(os.environ, PYTHONPATH=str(Path(convext.__file__).parents[1]))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=tmp_path, env=env)
+    # Wait for the first epoch's line, so that the interrupt lands mid-training.
+    first_epoch = ""
+    while not first_epoch.startswith("epoch 1/40"):
+        first_epoch = process.stdout.readline()
+        assert first_epoch or process.poll() is None, process.stderr.read()
+
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 130, err
+    assert re.search(r"Interrupted in epoch \d+ after batch \d+: saved the model to "
+                     r".*interrupted\.npz\. To go on: convext train .* --resume "
+                     r".*interrupted\.npz --epochs 40", out)
+    interrupted = load_model(model_path)
+    assert 1 <= interrupted.epochs_done < 40
+    done_before = interrupted.epochs_done
+
+    code = main(["--threads", "1", "train", str(files["train"]), "--resume",
+                 str(model_path), "--epochs", str(done_before + 1), "--out",
+                 str(model_path), "--quiet"])
+
+    assert code == 0
+    assert load_model(model_path).epochs_done == done_before + 1
