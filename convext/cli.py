@@ -110,6 +110,7 @@ def build_parser():
     evaluate = commands.add_parser("evaluate", help="loss and accuracy of a model")
     evaluate.add_argument("model", help="a model saved by convext train")
     evaluate.add_argument("csv", help="labeled data, as for train")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--confusion", metavar="PNG", type=png_path,
                           help="draw the confusion matrix to this PNG "
                                "(needs matplotlib)")
@@ -118,6 +119,7 @@ def build_parser():
         "predict", help="write a Kaggle submission (ImageId,Label)")
     predict.add_argument("model", help="a model saved by convext train")
     predict.add_argument("csv", help="images, with or without a label column")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.add_argument("--out", type=output_path, default="submission.csv",
                          help="the submission file to write (default submission.csv)")
 
@@ -268,7 +270,7 @@ def run_evaluate(args):
         require_plots("--confusion")
     model = load_model(args.model)
     images, labels = load_labeled(args.csv)
-    loss, accuracy = model.evaluate(images, labels)
+    loss, accuracy = model.evaluate(images, labels, verbose=0 if args.quiet else 1)
     print(f"loss {loss:.4f}  accuracy {percent(accuracy)} on {len(images)} images")
     if args.confusion is not None:
         predicted = model.predict_labels(images)
@@ -280,7 +282,7 @@ def run_evaluate(args):
 def run_predict(args):
     model = load_model(args.model)
     images, _ = data.load_dataset(args.csv)
-    labels = model.predict_labels(images)
+    labels = model.predict_labels(images, verbose=0 if args.quiet else 1)
     data.write_submission(args.out, labels)
     counts = np.bincount(labels, minlength=10)
     print(f"Wrote {len(labels)} predictions to {args.out} (per digit: "

@@ -356,34 +356,43 @@ class Sequential:
                 callback(dict(logs))
         return self.history
 
-    def _logits(self, x, batch_size):
+    def _logits(self, x, batch_size, verbose=0):
         # (N, *input_shape) -> (N, K), batch by batch in evaluation mode
         out = np.empty((len(x), self.output_shape[-1]), dtype=self.dtype)
-        for start in range(0, len(x), batch_size):
+        starts = range(0, len(x), batch_size)
+        for start in tqdm(starts, desc="predict", unit="batch", leave=False,
+                          disable=None if verbose else True):
             out[start:start + batch_size] = self.forward(x[start:start + batch_size])
         return out
 
-    def _evaluate_checked(self, x, y, batch_size):
-        loss, _, probabilities = softmax_cross_entropy(self._logits(x, batch_size), y)
+    def _evaluate_checked(self, x, y, batch_size, verbose=0):
+        logits = self._logits(x, batch_size, verbose)
+        loss, _, probabilities = softmax_cross_entropy(logits, y)
         return loss, float(np.mean(probabilities.argmax(axis=1) == y))
 
-    def evaluate(self, x, y, batch_size=256):
-        """(mean cross-entropy, accuracy) on (x, y), in evaluation mode."""
+    def evaluate(self, x, y, batch_size=256, verbose=0):
+        """(mean cross-entropy, accuracy) on (x, y), in evaluation mode.
+
+        verbose=1 shows a progress bar over the batches on a terminal.
+        """
         batch_size = _check_count("evaluate", "batch_size", batch_size, minimum=1)
         x, y = self._prepare("evaluate", x, y)
         if len(x) == 0:
             raise ValueError("evaluate: x must hold at least one sample, got 0")
-        return self._evaluate_checked(x, y, batch_size)
+        return self._evaluate_checked(x, y, batch_size, verbose)
 
-    def predict(self, x, batch_size=256):
-        """Class probabilities, shape (N, K), in evaluation mode."""
+    def predict(self, x, batch_size=256, verbose=0):
+        """Class probabilities, shape (N, K), in evaluation mode.
+
+        verbose=1 shows a progress bar over the batches on a terminal.
+        """
         batch_size = _check_count("predict", "batch_size", batch_size, minimum=1)
         x, _ = self._prepare("predict", x)
-        return softmax(self._logits(x, batch_size))
+        return softmax(self._logits(x, batch_size, verbose))
 
-    def predict_labels(self, x, batch_size=256):
+    def predict_labels(self, x, batch_size=256, verbose=0):
         """The most probable class of each sample, shape (N,)."""
-        return self.predict(x, batch_size).argmax(axis=1)
+        return self.predict(x, batch_size, verbose).argmax(axis=1)
 
     # -- saving and loading -------------------------------------------------
 
