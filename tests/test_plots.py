@@ -2,6 +2,7 @@
 evaluate --confusion and show."""
 
 import io
+import os
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import convext
 from convext import Conv2D, Dense, Flatten, Sequential, plots
 from convext.cli import main
 from convext.data import load_idx
@@ -142,14 +144,18 @@ def test_confusion_matrix_rejects_bad_arguments(
 # -- matplotlib is optional ---------------------------------------------------
 
 
-def test_importing_plots_does_not_import_matplotlib():
+def test_importing_plots_does_not_import_matplotlib(tmp_path):
     code = "import sys, convext.plots; print('matplotlib' in sys.modules)"
+    # The child imports the convext this test imported: run from the repository
+    # root, `python -c` would find the uncompiled source folder first.
+    env = dict(os.environ, PYTHONPATH=str(Path(convext.__file__).parents[1]))
 
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,
+        env=env,
         timeout=60,
         check=False,
     )
