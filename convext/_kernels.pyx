@@ -422,7 +422,7 @@ def batchnorm_forward(
     const floating[::1] gamma,          # (C,)
     const floating[::1] beta,           # (C,)
     double eps,
-    double[:, ::1] partial,             # (T, C) scratch
+    double[:, :, ::1] partial,          # (T, 3, C) scratch
     floating[:, ::1] x_hat,             # (M, C) out: normalised x
     floating[:, ::1] y,                 # (M, C) out: gamma * x_hat + beta
     floating[::1] mean,                 # (C,) out
@@ -431,45 +431,69 @@ def batchnorm_forward(
 ):
     """Normalise each column by its batch mean and variance, then scale and shift.
 
-    Two passes over x (mean, then squared deviations) in double precision, which
-    stays accurate where E[x^2] - E[x]^2 would cancel.
+    The statistics take one pass over x: each thread sums the deviations of its
+    rows from its first row (and their squares) in double precision, which stays
+    accurate where E[x^2] - E[x]^2 would cancel, and the per-thread means and
+    squared deviations are then combined exactly (Chan, Golub and LeVeque).
     """
     cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
     cdef Py_ssize_t n_chunks = partial.shape[0]
-    cdef Py_ssize_t t, i, j
-    cdef double total, deviation
+    cdef Py_ssize_t t, i, j, first, count
+    cdef double chunk_mean, total_mean, squares
 
-    # pass 1: column means
+    # pass 1: per-thread shifted sums
     for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
-        memset(&partial[t, 0], 0, n_cols * sizeof(double))
-        for i in range(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks):
-            for j in range(n_cols):
-                partial[t, j] += x[i, j]
-    for j in range(n_cols):
-        total = 0.0
-        for t in range(n_chunks):
-            total = total + partial[t, j]
-        mean[j] = <floating>(total / n_rows)
+        first = t * n_rows // n_chunks
+        shifted_column_sums(&x[first, 0], (t + 1) * n_rows // n_chunks - first,
+                            n_cols, &partial[t, 0, 0], &partial[t, 1, 0],
+                            &partial[t, 2, 0])
 
-    # pass 2: column variances about the mean
-    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
-        memset(&partial[t, 0], 0, n_cols * sizeof(double))
-        for i in range(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks):
-            for j in range(n_cols):
-                deviation = x[i, j] - mean[j]
-                partial[t, j] += deviation * deviation
+    # the chunks combined: mean, then squared deviations about it
     for j in range(n_cols):
-        total = 0.0
+        total_mean = 0.0
         for t in range(n_chunks):
-            total = total + partial[t, j]
-        var[j] = <floating>(total / n_rows)
-        inv_std[j] = <floating>(1.0 / sqrt(total / n_rows + eps))
+            count = (t + 1) * n_rows // n_chunks - t * n_rows // n_chunks
+            total_mean = total_mean + count * (partial[t, 0, j]
+                                               + partial[t, 1, j] / count)
+        total_mean = total_mean / n_rows
+        squares = 0.0
+        for t in range(n_chunks):
+            count = (t + 1) * n_rows // n_chunks - t * n_rows // n_chunks
+            chunk_mean = partial[t, 0, j] + partial[t, 1, j] / count
+            squares = squares + (partial[t, 2, j] - partial[t, 1, j]
+                                 * partial[t, 1, j] / count)
+            squares = squares + count * (chunk_mean - total_mean) ** 2
+        mean[j] = <floating>total_mean
+        var[j] = <floating>(squares / n_rows)
+        inv_std[j] = <floating>(1.0 / sqrt(squares / n_rows + eps))
 
-    # pass 3: normalise, scale and shift
+    # pass 2: normalise, scale and shift
     for i in prange(n_rows, nogil=True, num_threads=n_chunks, schedule="static"):
         for j in range(n_cols):
             x_hat[i, j] = (x[i, j] - mean[j]) * inv_std[j]
             y[i, j] = gamma[j] * x_hat[i, j] + beta[j]
+
+
+cdef void shifted_column_sums(
+    const floating *x,                  # (rows, C), rows >= 1
+    Py_ssize_t n_rows,
+    Py_ssize_t n_cols,
+    double *shift,                      # (C,) out: the first row
+    double *sums,                       # (C,) out: sum of x - shift
+    double *squares,                    # (C,) out: sum of (x - shift) ** 2
+) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double deviation
+
+    for j in range(n_cols):
+        shift[j] = x[j]
+        sums[j] = 0.0
+        squares[j] = 0.0
+    for i in range(1, n_rows):
+        for j in range(n_cols):
+            deviation = x[i * n_cols + j] - shift[j]
+            sums[j] += deviation
+            squares[j] += deviation * deviation
 
 
 def batchnorm_backward(

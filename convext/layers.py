@@ -289,7 +289,7 @@ class BatchNorm(Layer):
         chunks = max(1, min(threads_for(x.size), rows))
         _kernels.batchnorm_forward(
             x.reshape(rows, channels), gamma, beta, self.eps,
-            ws.get("partial", (chunks, channels), np.float64),
+            ws.get("partial", (chunks, 3, channels), np.float64),
             self._x_hat.reshape(rows, channels), y.reshape(rows, channels),
             self._mean, self._var, self._inv_std,
         )

@@ -568,7 +568,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, out=None):
     chunks = max(1, min(get_num_threads(), rows))
     _kernels.batchnorm_forward(
         x.reshape(rows, channels), gamma, beta, float(eps),
-        np.empty((chunks, channels)), x_hat.reshape(rows, channels),
+        np.empty((chunks, 3, channels)), x_hat.reshape(rows, channels),
         out.reshape(rows, channels), mean, var, inv_std,
     )
     return out, BatchNormCache(x_hat, gamma, mean, var, inv_std)
