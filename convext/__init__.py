@@ -14,6 +14,15 @@ import os
 # the variable once, when it is loaded with the compiled kernels just below.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+try:
+    from convext import _kernels
+except ImportError as exc:
+    raise ImportError(
+        f"convext's compiled kernels are missing from {os.path.dirname(__file__)}: "
+        f"install the package with `pip install .` and import it from outside the "
+        f"source folder (whose convext/ holds no compiled extension)"
+    ) from exc
+
 from convext._threads import get_num_threads, set_num_threads
 from convext.layers import BatchNorm, Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU
 from convext.losses import softmax, softmax_cross_entropy

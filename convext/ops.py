@@ -152,6 +152,11 @@ def conv_geometry(func, input_hw, kernel, stride, padding):
             f"input ({padded_h}, {padded_w}) (input {tuple(input_hw)}, padding "
             f"{padding!r})"
         )
+    if padded_h * padded_w > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"{func}: the padded input ({padded_h}, {padded_w}) must have fewer than "
+            f"2**31 pixels, the most the BLAS can index"
+        )
     return ConvGeometry(
         kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left,
         pad_right,
@@ -173,6 +178,13 @@ def _output_like(func, out, x):
             f"{getattr(out, 'shape', '')}"
         )
     return out
+
+
+def _check_eps(func, eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)):
+        raise TypeError(f"{func}: eps must be a number, got {eps!r}")
+    if not 0 < eps < np.inf:
+        raise ValueError(f"{func}: eps must be > 0 and finite, got {eps!r}")
 
 
 def _check_same_shape(func, name, value, expected_shape):
@@ -485,11 +497,19 @@ def maxpool2d_backward(dout, argmax, input_shape):
     dtype = compute_dtype(func, dout=dout)
     dout = as_array(func, "dout", dout, 4, "(N, OH, OW, C)", dtype)
     if not isinstance(argmax, np.ndarray) or argmax.dtype.kind not in "iu":
-        raise TypeError(f"{func}: argmax must be the int32 array from "
-                        f"maxpool2d_forward, got {type(argmax).__name__}")
+        raise TypeError(
+            f"{func}: argmax must be the int32 array from maxpool2d_forward, got "
+            f"{getattr(argmax, 'dtype', type(argmax).__name__)}"
+        )
     if argmax.shape != dout.shape:
         raise ValueError(f"{func}: dout must have the shape of argmax {argmax.shape}, "
                          f"got {dout.shape}")
+    if not isinstance(input_shape, (tuple, list)) or not all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+        for s in input_shape[1:]
+    ):
+        raise ValueError(f"{func}: input_shape must be a tuple of 4 positive ints "
+                         f"(N, H, W, C), got {input_shape!r}")
     input_shape = tuple(int(s) for s in input_shape)
     if (len(input_shape) != 4 or input_shape[0] != dout.shape[0]
             or input_shape[3] != dout.shape[3]):
@@ -555,8 +575,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, out=None):
     beta = as_array(func, "beta", beta, 1, "(C,)", dtype)
     _check_same_shape(func, "gamma", gamma, (channels,))
     _check_same_shape(func, "beta", beta, (channels,))
-    if not eps > 0:
-        raise ValueError(f"{func}: eps must be > 0, got {eps!r}")
+    _check_eps(func, eps)
     rows = x.size // max(channels, 1)
     if rows == 0:
         raise ValueError(f"{func}: x must hold at least one sample, got shape "
@@ -591,8 +610,14 @@ def batchnorm_backward(dy, cache):
     if not isinstance(cache, BatchNormCache):
         raise TypeError(f"{func}: cache must be the BatchNormCache from "
                         f"batchnorm_forward, got {type(cache).__name__}")
-    dtype = compute_dtype(func, dy=dy, x_hat=cache.x_hat)
+    dtype = compute_dtype(func, dy=dy, x_hat=cache.x_hat, gamma=cache.gamma,
+                          inv_std=cache.inv_std)
     _check_same_shape(func, "dy", dy, cache.x_hat.shape)
+    if dy.ndim < 2 or dy.shape[-1] == 0:
+        raise ValueError(f"{func}: dy must be at least 2-D (..., C) with C >= 1, got "
+                         f"shape {dy.shape}")
+    for name in ("gamma", "inv_std"):
+        _check_same_shape(func, f"cache.{name}", getattr(cache, name), dy.shape[-1:])
     dy = np.ascontiguousarray(dy, dtype=dtype)
     x_hat, gamma, inv_std = (np.ascontiguousarray(a, dtype=dtype)
                              for a in (cache.x_hat, cache.gamma, cache.inv_std))
@@ -628,17 +653,16 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
     if x.ndim < 2:
         raise ValueError(f"{func}: x must be at least 2-D (..., C), got shape "
                          f"{x.shape}")
-    if not eps > 0:
-        raise ValueError(f"{func}: eps must be > 0, got {eps!r}")
+    _check_eps(func, eps)
     x = np.ascontiguousarray(x, dtype=dtype)
     channels = x.shape[-1]
     stats = {"gamma": gamma, "beta": beta, "running_mean": running_mean,
              "running_var": running_var}
     for name, value in stats.items():
         _check_same_shape(func, name, value, (channels,))
-    if np.any(running_var < 0):
-        raise ValueError(f"{func}: running_var must be >= 0, got a minimum of "
-                         f"{running_var.min()}")
+    if not np.all(running_var >= 0):
+        raise ValueError(f"{func}: running_var must be >= 0 (and not NaN), got a "
+                         f"minimum of {running_var.min()}")
 
     # Folded into one scale and shift per channel, computed in double precision.
     scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)

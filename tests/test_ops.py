@@ -1105,9 +1105,9 @@ BAD_ARGUMENTS = [
         ValueError, r"batchnorm_forward: x must hold at least one sample",
         "batchnorm-zero-batch"),
     bad(lambda: ops.batchnorm_forward(X, GAMMA, BETA, eps=0.0), ValueError,
-        r"batchnorm_forward: eps must be > 0, got 0\.0", "batchnorm-eps-0"),
+        r"batchnorm_forward: eps must be > 0 and finite, got 0\.0", "batchnorm-eps-0"),
     bad(lambda: ops.batchnorm_forward(X, GAMMA, BETA, eps=float("nan")), ValueError,
-        r"batchnorm_forward: eps must be > 0, got nan", "batchnorm-eps-nan"),
+        r"batchnorm_forward: eps must be > 0 and finite, got nan", "batchnorm-eps-nan"),
     bad(lambda: ops.batchnorm_forward(X.astype(complex), GAMMA, BETA), TypeError,
         r"batchnorm_forward: x must hold real numbers", "batchnorm-x-complex"),
     bad(lambda: ops.batchnorm_forward(X, GAMMA.astype(str), BETA), TypeError,
@@ -1136,7 +1136,7 @@ BAD_ARGUMENTS = [
         TypeError, r"batchnorm_inference: running_var must hold real numbers",
         "batchnorm-inference-running-var-string"),
     bad(lambda: ops.batchnorm_inference(X, GAMMA, BETA, BETA, GAMMA, eps=-2.0),
-        ValueError, r"batchnorm_inference: eps must be > 0, got -2\.0",
+        ValueError, r"batchnorm_inference: eps must be > 0 and finite, got -2\.0",
         "batchnorm-inference-eps-negative"),
     # relu_forward, relu_backward
     bad(lambda: ops.relu_forward(X.astype(complex)), TypeError,
@@ -1156,3 +1156,43 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_raise_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_batchnorm_backward_checks_the_cache_against_dy():
+    dy = np.ones((4, 3), np.float32)
+    cache = ops.BatchNormCache(np.ones((4, 3), np.float32), np.ones(1, np.float32),
+                               np.ones(1, np.float32), np.ones(1, np.float32),
+                               np.ones(1, np.float32))
+
+    with pytest.raises(ValueError, match=r"batchnorm_backward: cache\.gamma must have "
+                       r"shape \(3,\), got \(1,\)"):
+        ops.batchnorm_backward(dy, cache)
+
+
+@pytest.mark.parametrize("eps", ["a", None])
+def test_batchnorm_eps_of_the_wrong_type_raises_type_error(eps):
+    x = np.ones((4, 3))
+
+    with pytest.raises(TypeError, match=r"batchnorm_forward: eps must be a number"):
+        ops.batchnorm_forward(x, np.ones(3), np.zeros(3), eps=eps)
+
+
+@pytest.mark.parametrize("input_shape", [(1, 2.9, 2.9, 1), None, (1, -2, 2, 1)])
+def test_maxpool_backward_refuses_an_input_shape_that_is_not_positive_ints(
+    input_shape,
+):
+    dout = np.ones((1, 1, 1, 1))
+    argmax = np.zeros((1, 1, 1, 1), np.int32)
+
+    with pytest.raises(ValueError, match=r"maxpool2d_backward: input_shape must be a "
+                       r"tuple of 4 positive ints"):
+        ops.maxpool2d_backward(dout, argmax, input_shape)
+
+
+def test_padding_beyond_what_the_blas_can_index_is_refused():
+    x = np.ones((1, 1, 1, 1), np.float32)
+    weights = np.ones((1, 1, 1, 1), np.float32)
+
+    with pytest.raises(ValueError, match=r"conv2d_forward: the padded input .* must "
+                       r"have fewer than 2\*\*31 pixels"):
+        ops.conv2d_forward(x, weights, padding=(2**31, 0))
