@@ -35,8 +35,22 @@ def positive_int(text):
 
 def positive_float(text):
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
 
 
@@ -93,9 +107,9 @@ def build_parser():
     train.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                        help="learning-rate schedule over the run (default cosine, "
                             "falling from --lr to 0)")
-    train.add_argument("--validation-split", type=float, default=0.0,
+    train.add_argument("--validation-split", type=fraction, default=0.0,
                        help="fraction of the training data held out to validate on")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--out", type=output_path, default="model.npz",
                        help="where to save the model, after every epoch and on "
                             "Ctrl-C (default model.npz)")
@@ -248,10 +262,17 @@ def run_train(args):
     if model.stopped_at is not None:
         model.save(args.out)
         epoch, batch = model.stopped_at
-        again = " ".join(["convext train", *([args.csv] if args.csv else []),
-                          "--resume", args.out, "--epochs", str(args.epochs)])
-        print(f"Interrupted in epoch {epoch} after batch {batch}: saved the model to "
-              f"{args.out}. To go on: {again}")
+        again = ["convext train", *([args.csv] if args.csv else []),
+                 "--resume", args.out, "--epochs", str(args.epochs),
+                 "--batch-size", str(args.batch_size), "--out", args.out]
+        if args.validation_split:
+            again += ["--validation-split", str(args.validation_split)]
+        if args.test:
+            again += ["--test", args.test]
+        where = (f"in epoch {epoch} after batch {batch}" if batch
+                 else f"before epoch {epoch}")
+        print(f"Interrupted {where}: saved the model to {args.out}. To go on: "
+              f"{' '.join(again)}")
         raise Interrupted()
     model.save(args.out)
     print(f"Saved the model to {args.out}.")
@@ -359,6 +380,9 @@ def main(argv=None):
     try:
         commands[args.command](args)
     except Interrupted:
+        return 130
+    except KeyboardInterrupt:
+        print(f"convext {args.command}: interrupted", file=sys.stderr)
         return 130
     except (CommandError, ValueError, OSError) as exc:
         print(f"convext {args.command}: error: {exc}", file=sys.stderr)

@@ -86,6 +86,9 @@ class Sequential:
         # fit stops after the batch during which this becomes True.
         self.stop_training = False
         self.stopped_at = None
+        # Where a stopped epoch stood: its sample order, the next batch and the
+        # running sums of loss and correct answers.
+        self.resume_point = None
         if input_shape is not None:
             self.build(input_shape)
 
@@ -306,11 +309,23 @@ class Sequential:
         self.stopped_at = None
         for _ in range(epochs):
             epoch = self.epochs_done + 1
+            if self.stop_training:
+                # Set by the callback of the epoch before: stop between epochs.
+                self.stopped_at = (epoch, 0)
+                break
             started = time.perf_counter()
-            order = self.rng.permutation(n) if shuffle else np.arange(n)
-            total_loss = 0.0
-            total_correct = 0
-            bar = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch",
+            # An epoch that was stopped part way goes on with its own order, from
+            # the batch after the last one done.
+            resume = self.resume_point
+            self.resume_point = None
+            if resume is not None and shuffle and len(resume["order"]) == n:
+                order, first_batch = resume["order"], resume["batch"]
+                total_loss, total_correct = resume["loss_sum"], resume["correct"]
+            else:
+                order = self.rng.permutation(n) if shuffle else np.arange(n)
+                first_batch, total_loss, total_correct = 0, 0.0, 0
+            bar = tqdm(range(first_batch, n_batches), initial=first_batch,
+                       total=n_batches, desc=f"epoch {epoch}", unit="batch",
                        disable=None if verbose else True, leave=False)
             for b in bar:
                 batch = order[b * batch_size:(b + 1) * batch_size]
@@ -330,13 +345,16 @@ class Sequential:
                     seen = min(n, (b + 1) * batch_size)
                     bar.set_postfix(loss=f"{total_loss / seen:.4f}",
                                     accuracy=f"{total_correct / seen:.4f}")
-                if self.stop_training:
+                if self.stop_training and b + 1 < n_batches:
+                    # Set from outside (a signal handler): the weights keep the
+                    # finished batches, and save() keeps where the epoch stood.
+                    self.stopped_at = (epoch, b + 1)
+                    self.resume_point = {"order": order, "batch": b + 1,
+                                         "loss_sum": total_loss,
+                                         "correct": total_correct}
                     break
             bar.close()
-            if self.stop_training:
-                # Set from outside (a signal handler, a callback): the weights keep
-                # the finished batches, the unfinished epoch is not counted.
-                self.stopped_at = (epoch, b + 1)
+            if self.stopped_at is not None:
                 logger.info("training stopped at epoch %d after batch %d of %d",
                             epoch, b + 1, n_batches)
                 break
@@ -430,6 +448,12 @@ class Sequential:
                                    "schedule": self.optimizer.schedule_config()}
             for name, value in self.optimizer.state_arrays().items():
                 arrays[f"optimizer/{name}"] = value
+        if self.resume_point is not None:
+            point = self.resume_point
+            header["resume_point"] = {"batch": point["batch"],
+                                      "loss_sum": point["loss_sum"],
+                                      "correct": point["correct"]}
+            arrays["resume_order"] = point["order"]
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         with atomic_write(path) as handle:
             np.savez(handle, **arrays)
@@ -527,6 +551,9 @@ def load_model(path):
         model.epochs_done = int(header.get("epochs_done", 0))
         if "rng_state" in header:
             model.rng.bit_generator.state = header["rng_state"]
+        if "resume_point" in header:
+            model.resume_point = {**header["resume_point"],
+                                  "order": arrays["resume_order"].astype(np.intp)}
         model.history = header.get("history", {})
         if "optimizer" in header:
             spec = header["optimizer"]

@@ -936,3 +936,48 @@ def test_default_network_reaches_97_percent_on_mnist():
 
     assert len(x_test) == 10000
     assert accuracy >= 0.97
+
+
+@pytest.mark.parametrize("stop_after_steps", [3, 10])
+def test_a_run_stopped_mid_epoch_resumes_where_it_stood(
+    one_thread, tmp_path, stop_after_steps
+):
+    x, y = random_data(40, seed=9)
+    uninterrupted = small_model(seed=3).compile(SGD(lr=0.05, momentum=0.9))
+    uninterrupted.fit(x, y, epochs=3, batch_size=6, lr_schedule="cosine", verbose=0)
+
+    stopped = small_model(seed=3).compile(SGD(lr=0.05, momentum=0.9))
+    take_step = stopped.train_step
+    steps = []
+
+    def counting_step(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == stop_after_steps:
+            stopped.stop_training = True
+        return take_step(*args, **kwargs)
+
+    stopped.train_step = counting_step
+    stopped.fit(x, y, epochs=3, batch_size=6, lr_schedule="cosine", verbose=0)
+    stopped.save(tmp_path / "stopped.npz")
+    resumed = convext.load_model(tmp_path / "stopped.npz")
+    resumed.fit(x, y, epochs=3 - resumed.epochs_done, batch_size=6, verbose=0)
+
+    assert stopped.stopped_at == (stop_after_steps // 7 + 1, stop_after_steps % 7)
+    assert resumed.optimizer.iterations == uninterrupted.optimizer.iterations
+    assert resumed.history["loss"] == pytest.approx(uninterrupted.history["loss"])
+    for name, value in uninterrupted.parameters().items():
+        np.testing.assert_array_equal(resumed.parameters()[name], value)
+
+
+def test_stop_training_set_by_a_callback_stops_between_epochs():
+    x, y = random_data(12)
+    model = small_model().compile(SGD(lr=0.01))
+
+    def stop(logs):
+        model.stop_training = True
+
+    model.fit(x, y, epochs=3, batch_size=4, callback=stop, verbose=0)
+
+    assert model.epochs_done == 1
+    assert model.optimizer.iterations == 3
+    assert model.stopped_at == (2, 0)
