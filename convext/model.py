@@ -1,8 +1,9 @@
 """Sequential model: a stack of layers trained with softmax cross-entropy.
 
 Inputs are images of shape (N, H, W, C), or (N, D) for a stack that starts with a
-dense layer. uint8 inputs are taken as gray levels 0-255 and scaled to 0-1; float
-inputs are used as they are.
+dense layer. uint8 inputs are taken as gray levels 0-255 and scaled to 0-1; every
+other real dtype (other integers included) is used as it is, in the model's
+float dtype.
 """
 
 import contextlib
@@ -546,6 +547,11 @@ def load_model(path):
                         raise ValueError(
                             f"layer {i} {name} has shape {saved.shape}, the "
                             f"architecture needs {value.shape}"
+                        )
+                    if saved.dtype.kind not in "fiu" or not np.isfinite(saved).all():
+                        raise ValueError(
+                            f"layer {i} {name} must hold finite real numbers, got "
+                            f"dtype {saved.dtype} with non-finite or complex values"
                         )
                     store[name] = saved.astype(model.dtype)
         model.epochs_done = int(header.get("epochs_done", 0))
