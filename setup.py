@@ -22,6 +22,7 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError, LinkError
 
 OPENMP_PROBE = textwrap.dedent(
     """
@@ -96,7 +97,7 @@ def compiler_has_openmp(compiler, compile_args, link_args):
                 objects, program, extra_postargs=link_args
             )
             subprocess.run([program], check=True, capture_output=True)
-        except Exception:
+        except (CompileError, LinkError, OSError, subprocess.CalledProcessError):
             return False
     return True
 
@@ -117,7 +118,9 @@ class BuildExt(build_ext):
                 compile_args += omp_compile
                 link_args += omp_link
             else:
-                self.warn("the C compiler has no OpenMP: building single-threaded kernels")
+                self.warn(
+                    "the C compiler has no OpenMP: building single-threaded kernels"
+                )
 
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + ext.extra_compile_args

@@ -53,8 +53,6 @@ def build_info():
     """How this copy of convext was built and what it runs on: a dict."""
     from threadpoolctl import threadpool_info
 
-    from convext import _kernels
-
     blas = [
         f"{pool.get('internal_api')} {pool.get('version')} "
         f"({pool.get('num_threads')} threads)"

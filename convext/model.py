@@ -18,8 +18,16 @@ from tqdm.auto import tqdm
 
 from convext._files import atomic_write
 from convext._threads import single_threaded_blas
-from convext.layers import LAYER_TYPES, BatchNorm, Conv2D, Dense, Flatten, Layer
-from convext.layers import MaxPool2D, ReLU
+from convext.layers import (
+    LAYER_TYPES,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Flatten,
+    Layer,
+    MaxPool2D,
+    ReLU,
+)
 from convext.losses import softmax, softmax_cross_entropy
 from convext.optim import OPTIMIZER_TYPES, get_optimizer
 
@@ -140,7 +148,9 @@ class Sequential:
     def _check_x(self, func, x):
         """x as a C-contiguous array of the model's dtype, uint8 scaled to 0-1."""
         if not isinstance(x, np.ndarray):
-            raise TypeError(f"{func}: x must be a numpy.ndarray, got {type(x).__name__}")
+            raise TypeError(
+                f"{func}: x must be a numpy.ndarray, got {type(x).__name__}"
+            )
         if x.dtype.kind not in "uif" or x.dtype.itemsize > 8:
             raise TypeError(f"{func}: x must hold real numbers, got dtype {x.dtype}")
         if x.ndim < 2:
@@ -424,7 +434,9 @@ class Sequential:
         whole or not at all: it is written beside its destination, then renamed.
         """
         if not self.built:
-            raise ValueError("save: the model has no weights yet; fit or build it first")
+            raise ValueError(
+                "save: the model has no weights yet; fit or build it first"
+            )
         header = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

@@ -92,7 +92,9 @@ def as_pair(func, name, value, minimum):
     if len(pair) != 2 or not all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair
     ):
-        raise TypeError(f"{func}: {name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(
+            f"{func}: {name} must be an int or a pair of ints, got {value!r}"
+        )
     if min(pair) < minimum:
         raise ValueError(f"{func}: {name} must be >= {minimum}, got {value!r}")
     return int(pair[0]), int(pair[1])

@@ -217,6 +217,7 @@ def get_schedule(spec):
         return spec
     if spec not in SCHEDULES:
         raise ValueError(
-            f"lr_schedule must be a callable or one of {sorted(SCHEDULES)}, got {spec!r}"
+            f"lr_schedule must be a callable or one of {sorted(SCHEDULES)}, "
+            f"got {spec!r}"
         )
     return SCHEDULES[spec]

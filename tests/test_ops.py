@@ -11,11 +11,11 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
-
 import reference
+from reference import numerical_gradient, relative_error
+
 from convext import ops
 from convext._threads import set_num_threads
-from reference import numerical_gradient, relative_error
 
 DTYPES = [np.float32, np.float64]
 # Kernel against the float64 reference on the same (rounded) inputs, relative to

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from convext import SGD, BatchNorm, Conv2D, Dense, Flatten, MaxPool2D, ReLU
-from convext import Sequential
+from convext import SGD, BatchNorm, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
 from convext.cli import main
 from convext.profiling import format_profile, layer_flops, profile_training
 

@@ -19,10 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+import reference
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-import reference
 from convext import _kernels, ops
 
 # Hypothesis's pytest plugin imports this module to report a failing example; the
