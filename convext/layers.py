@@ -18,6 +18,8 @@ from convext._threads import threads_for
 from convext.ops import (
     Workspace,
     as_pair,
+    batchnorm_backward_checked,
+    batchnorm_forward_checked,
     batchnorm_inference,
     conv2d_backward_checked,
     conv2d_forward_checked,
@@ -279,46 +281,24 @@ class BatchNorm(Layer):
         if not training:
             return batchnorm_inference(x, gamma, beta, self.state["running_mean"],
                                        self.state["running_var"], self.eps)
-        channels = x.shape[-1]
-        rows = x.size // channels
-        ws, dtype = self.workspace, x.dtype
-        self._x_hat = ws.get("x_hat", x.shape, dtype)
-        y = ws.get("y", x.shape, dtype)
-        self._mean, self._var, self._inv_std = (np.empty(channels, dtype)
-                                                for _ in range(3))
-        chunks = max(1, min(threads_for(x.size), rows))
-        _kernels.batchnorm_forward(
-            x.reshape(rows, channels), gamma, beta, self.eps,
-            ws.get("partial", (chunks, 3, channels), np.float64),
-            self._x_hat.reshape(rows, channels), y.reshape(rows, channels),
-            self._mean, self._var, self._inv_std,
-        )
+        y, self._cache = batchnorm_forward_checked(x, gamma, beta, self.eps,
+                                                   self.workspace)
         return y
 
     def backward(self, dy):
-        channels = dy.shape[-1]
-        rows = dy.size // channels
-        dx = self.workspace.get("dx", dy.shape, dy.dtype)
-        dgamma, dbeta = np.empty(channels, dy.dtype), np.empty(channels, dy.dtype)
-        chunks = max(1, min(threads_for(dy.size), rows))
-        _kernels.batchnorm_backward(
-            dy.reshape(rows, channels), self._x_hat.reshape(rows, channels),
-            self.params["gamma"], self._inv_std,
-            self.workspace.get("partial2", (chunks, 2, channels), np.float64),
-            dx.reshape(rows, channels), dgamma, dbeta,
-        )
+        dx, dgamma, dbeta = batchnorm_backward_checked(dy, self._cache, self.workspace)
         self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
-        self._update_running_stats(rows)
+        self._update_running_stats(dy.size // dy.shape[-1])
         return dx
 
     def _update_running_stats(self, rows):
         # Done in backward, which runs only once the step's loss proved finite, so
         # a step that is thrown away leaves the running statistics untouched. The
         # running variance is the unbiased one, as the evaluation estimate.
-        unbiased = self._var * (rows / max(rows - 1, 1))
+        unbiased = self._cache.var * (rows / max(rows - 1, 1))
         keep = self.momentum
         self.state["running_mean"] *= keep
-        self.state["running_mean"] += (1 - keep) * self._mean
+        self.state["running_mean"] += (1 - keep) * self._cache.mean
         self.state["running_var"] *= keep
         self.state["running_var"] += (1 - keep) * unbiased
 

@@ -584,15 +584,24 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, out=None):
                          f"{x.shape}")
     out = _output_like(func, out, x)
 
-    x_hat = np.empty_like(x)
-    mean, var, inv_std = (np.empty(channels, dtype) for _ in range(3))
-    chunks = max(1, min(get_num_threads(), rows))
+    return batchnorm_forward_checked(x, gamma, beta, float(eps), Workspace(), out)
+
+
+def batchnorm_forward_checked(x, gamma, beta, eps, workspace, out=None):
+    """batchnorm_forward on checked arrays, with x_hat (and y, unless out is
+    given) in workspace buffers; returns (y, BatchNormCache)."""
+    channels = x.shape[-1]
+    rows = x.size // channels
+    x_hat = workspace.get("x_hat", x.shape, x.dtype)
+    y = workspace.get("y", x.shape, x.dtype) if out is None else out
+    mean, var, inv_std = (np.empty(channels, x.dtype) for _ in range(3))
+    chunks = max(1, min(threads_for(x.size), rows))
     _kernels.batchnorm_forward(
-        x.reshape(rows, channels), gamma, beta, float(eps),
-        np.empty((chunks, 3, channels)), x_hat.reshape(rows, channels),
-        out.reshape(rows, channels), mean, var, inv_std,
+        x.reshape(rows, channels), gamma, beta, eps,
+        workspace.get("forward_sums", (chunks, 3, channels), np.float64),
+        x_hat.reshape(rows, channels), y.reshape(rows, channels), mean, var, inv_std,
     )
-    return out, BatchNormCache(x_hat, gamma, mean, var, inv_std)
+    return y, BatchNormCache(x_hat, gamma, mean, var, inv_std)
 
 
 def batchnorm_backward(dy, cache):
@@ -621,18 +630,24 @@ def batchnorm_backward(dy, cache):
     for name in ("gamma", "inv_std"):
         _check_same_shape(func, f"cache.{name}", getattr(cache, name), dy.shape[-1:])
     dy = np.ascontiguousarray(dy, dtype=dtype)
-    x_hat, gamma, inv_std = (np.ascontiguousarray(a, dtype=dtype)
-                             for a in (cache.x_hat, cache.gamma, cache.inv_std))
+    cache = cache._replace(**{name: np.ascontiguousarray(getattr(cache, name), dtype)
+                              for name in ("x_hat", "gamma", "inv_std")})
+    dx, dgamma, dbeta = batchnorm_backward_checked(dy, cache, Workspace())
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward_checked(dy, cache, workspace):
+    """batchnorm_backward on checked arrays of one dtype, dx in a workspace
+    buffer; returns (dx, dgamma, dbeta)."""
     channels = dy.shape[-1]
     rows = dy.size // channels
-
-    dx = np.empty_like(dy)
-    dgamma, dbeta = np.empty(channels, dtype), np.empty(channels, dtype)
-    chunks = max(1, min(get_num_threads(), rows))
+    dx = workspace.get("dx", dy.shape, dy.dtype)
+    dgamma, dbeta = np.empty(channels, dy.dtype), np.empty(channels, dy.dtype)
+    chunks = max(1, min(threads_for(dy.size), rows))
     _kernels.batchnorm_backward(
-        dy.reshape(rows, channels), x_hat.reshape(rows, channels), gamma, inv_std,
-        np.empty((chunks, 2, channels)), dx.reshape(rows, channels),
-        dgamma, dbeta,
+        dy.reshape(rows, channels), cache.x_hat.reshape(rows, channels), cache.gamma,
+        cache.inv_std, workspace.get("backward_sums", (chunks, 2, channels), np.float64),
+        dx.reshape(rows, channels), dgamma, dbeta,
     )
     return dx, dgamma, dbeta
 
