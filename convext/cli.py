@@ -26,24 +26,25 @@ class Interrupted(Exception):
     """Ctrl-C stopped the command after it saved its work."""
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def int_at_least(minimum):
+    """An argparse type: an int of at least minimum."""
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def positive_float(text):
     value = float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {value}")
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -54,17 +55,6 @@ def fraction(text):
     return value
 
 
-def png_path(text):
-    path = Path(text)
-    if path.suffix.lower() != ".png":
-        raise argparse.ArgumentTypeError(f"must end in .png, got '{text}'")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"folder '{path.parent}' does not exist")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"'{text}' is a folder, not a file")
-    return text
-
-
 def output_path(text):
     """A file path whose folder exists and that is not itself a folder."""
     path = Path(text)
@@ -73,6 +63,13 @@ def output_path(text):
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"'{text}' is a folder, not a file")
     return text
+
+
+def png_path(text):
+    """An output_path whose name ends in .png."""
+    if Path(text).suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must end in .png, got '{text}'")
+    return output_path(text)
 
 
 def build_parser():
