@@ -570,18 +570,18 @@ def time_gemm(threads, effort, use_torch):
                             warmup_calls=2)
 
 
-def gemm_result(sessions):
-    """GFLOP/s of the GEMM from the samples of its sessions, pooled and per
-    session; the sessions bracket the per-layer measurements, whose machine
+def gemm_result(rounds):
+    """GFLOP/s of the GEMM from the samples of its rounds, pooled and per
+    round; the rounds bracket the per-layer measurements, whose machine
     speed they stand for."""
     flops = 2 * GEMM_SIZE**3
     result = {"size": GEMM_SIZE, "flops": flops}
-    for name in sessions[0]:
-        pooled = [seconds for session in sessions for seconds in session[name]]
+    for name in rounds[0]:
+        pooled = [seconds for round in rounds for seconds in round[name]]
         result[f"{name}_gflops"] = flops / statistics.median(pooled) / 1e9
         result[f"{name}_best_gflops"] = flops / min(pooled) / 1e9
-        result[f"{name}_gflops_per_session"] = [
-            flops / statistics.median(session[name]) / 1e9 for session in sessions]
+        result[f"{name}_gflops_per_round"] = [
+            flops / statistics.median(round[name]) / 1e9 for round in rounds]
         result[f"{name}_samples"] = len(pooled)
     return result
 
@@ -681,10 +681,10 @@ def summary_lines(report):
         if f"{name}_gflops" not in gemm:
             rates.append(f"{label} -")
             continue
-        sessions = "/".join(f"{rate:.1f}"
-                            for rate in gemm[f"{name}_gflops_per_session"])
+        rounds = "/".join(f"{rate:.1f}"
+                            for rate in gemm[f"{name}_gflops_per_round"])
         rates.append(f"{label} {gemm[f'{name}_gflops']:.1f} GFLOP/s "
-                     f"(before/after the layers {sessions})")
+                     f"(before/after the layers {rounds})")
     lines.append(f"GEMM {gemm['size']}x{gemm['size']} float32, "
                  f"threads {report['environment']['threads']}, median: "
                  + ", ".join(rates))
