@@ -326,6 +326,12 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace):
 
     # (N * OH * OW, KH * KW * C) @ (KH * KW * C, F) -> (N * OH * OW, F), which is
     # the NHWC output itself.
+    # LIMITATION: cols holds every receptive field of the batch at once (14 MB for
+    # the second layer of the default network at batch 64), and the backward pass
+    # writes a dcols as large; those round trips through memory are why this
+    # layer runs at about half the machine's GEMM rate, where PyTorch's direct
+    # kernels run above it. Blocking im2col and the product per thread on
+    # cache-sized groups of samples would remove them.
     cols = workspace.get("cols", (n * g.out_h * g.out_w, kernel_h * kernel_w * c),
                          x.dtype)
     _kernels.im2col(
