@@ -12,9 +12,10 @@ import os
 # 1516 ms with libgomp's default (spinning) wait and 290 ms with passive waiting,
 # so convext asks for passive waiting unless the user has chosen. libgomp reads
 # the variable once, when it is loaded with the compiled kernels just below.
-# LIMITATION: on an idle machine passive waiting costs about 15% (a step of
-# 28.1 ms against 23.8 ms spinning), the price of waking a sleeping thread for each
-# parallel loop; OMP_WAIT_POLICY=ACTIVE set by the user takes it back.
+# LIMITATION: on an idle machine passive waiting costs about 12% (a step of
+# 22.4-23.7 ms against 20.2-20.6 ms spinning), the price of waking a sleeping
+# thread for each parallel loop; OMP_WAIT_POLICY=ACTIVE set by the user takes it
+# back.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
