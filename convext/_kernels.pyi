@@ -37,21 +37,27 @@ def gemm_split_inner(
     trans_b: bool,
     partial: Floats,
 ) -> None: ...
-def im2col(
+def conv2d_forward_blocked(
     x: Floats,
-    cols: Floats,
+    weights: Floats,
+    out: Floats,
+    slabs: Floats,
     kernel_h: int,
     kernel_w: int,
     stride_h: int,
     stride_w: int,
     pad_top: int,
     pad_left: int,
-    out_h: int,
-    out_w: int,
-    n_threads: int,
+    block: int,
 ) -> None: ...
-def col2im(
-    dcols: Floats,
+def conv2d_backward_blocked(
+    x: Floats,
+    weights: Floats,
+    dout: Floats,
+    slabs: Floats,
+    dcols_slabs: Floats,
+    partial: Floats,
+    dweights: Floats,
     dx: Floats,
     kernel_h: int,
     kernel_w: int,
@@ -59,9 +65,7 @@ def col2im(
     stride_w: int,
     pad_top: int,
     pad_left: int,
-    out_h: int,
-    out_w: int,
-    n_threads: int,
+    block: int,
 ) -> None: ...
 def sum_rows(values: Floats, partial: NDArray[np.float64], out: Floats) -> None: ...
 def maxpool2d_forward(

@@ -1,5 +1,5 @@
-"""Compiled kernels of convext: matrix products, im2col/col2im, pooling,
-batch-norm and ReLU, over NHWC arrays.
+"""Compiled kernels of convext: matrix products, blocked im2col convolution,
+pooling, batch-norm and ReLU, over NHWC arrays.
 
 Shape legend, used in every comment below:
     N batch, H/W input height and width, C input channels, F filters,
@@ -26,6 +26,7 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 cdef extern from "convext_omp.h" nogil:
     int convext_openmp_enabled()
     int convext_omp_max_threads()
+    int convext_omp_thread_num()
     int CONVEXT_CYTHON_DEBUG
     int CONVEXT_PROFILE_BUILD
 
@@ -207,11 +208,56 @@ def gemm_split_inner(
 
 
 # ---------------------------------------------------------------------------
-# Convolution by im2col: one row of cols per output pixel, one column per tap
+# Convolution by im2col: one row of cols per output pixel, one column per tap,
+# gathered a cache-sized block of samples at a time and multiplied at once
 
-def im2col(
+def conv2d_forward_blocked(
     const floating[:, :, :, ::1] x,     # (N, H, W, C)
-    floating[:, ::1] cols,              # (N * OH * OW, KH * KW * C)
+    const floating[:, ::1] weights,     # (KH * KW * C, F)
+    floating[:, :, :, ::1] out,         # (N, OH, OW, F), holding the bias on entry
+    floating[:, :, ::1] slabs,          # (T, B * OH * OW, KH * KW * C) scratch
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+    Py_ssize_t block,
+):
+    """out += im2col(x) @ weights, B = block samples at a time per thread.
+
+    Each thread gathers the receptive fields of its B samples into its own slab,
+    small enough to stay in cache, and multiplies it straight away, so the
+    (N * OH * OW, KH * KW * C) matrix never goes through memory whole.
+    """
+    cdef Py_ssize_t n_batch = x.shape[0], out_h = out.shape[1], out_w = out.shape[2]
+    cdef Py_ssize_t n_filters = out.shape[3], n_taps = weights.shape[0]
+    cdef Py_ssize_t pixels = out_h * out_w
+    cdef Py_ssize_t n_blocks = (n_batch + block - 1) // block
+    cdef Py_ssize_t b, n, first, last
+    cdef int thread
+    cdef floating *slab
+
+    for b in prange(n_blocks, nogil=True, num_threads=slabs.shape[0], schedule="static"):
+        thread = convext_omp_thread_num()
+        slab = &slabs[thread, 0, 0]
+        first = b * block
+        last = min(first + block, n_batch)
+        for n in range(first, last):
+            im2col_sample(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3],
+                          slab + (n - first) * pixels * n_taps, kernel_h, kernel_w,
+                          stride_h, stride_w, pad_top, pad_left, out_h, out_w)
+        gemm_block(False, False, <int>((last - first) * pixels), <int>n_filters,
+                   <int>n_taps, slab, <int>n_taps, &weights[0, 0], <int>n_filters, 1,
+                   &out[first, 0, 0, 0], <int>n_filters)
+
+
+cdef void im2col_sample(
+    const floating *x,                  # (H, W, C) of one sample
+    Py_ssize_t height,
+    Py_ssize_t width,
+    Py_ssize_t channels,
+    floating *cols,                     # (OH * OW, KH * KW * C) of that sample
     Py_ssize_t kernel_h,
     Py_ssize_t kernel_w,
     Py_ssize_t stride_h,
@@ -220,47 +266,108 @@ def im2col(
     Py_ssize_t pad_left,
     Py_ssize_t out_h,
     Py_ssize_t out_w,
-    int n_threads,
-):
-    """Gather each output pixel's receptive field into a row of cols.
-
-    Column index of tap (ky, kx, c) is (ky * KW + kx) * C + c, the order of a
-    (KH, KW, C, F) weight array reshaped to (KH * KW * C, F). Taps that fall in the
-    zero padding are written as zeros, so no padded copy of x is made.
-    """
-    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1]
-    cdef Py_ssize_t width = x.shape[2], channels = x.shape[3]
-    cdef Py_ssize_t n, oy, ox, ky, kx, iy, ix0, ix, row, col
-    cdef Py_ssize_t span = kernel_w * channels
+) noexcept nogil:
+    cdef Py_ssize_t oy, ox, ky, kx, iy, ix0, ix
+    cdef Py_ssize_t span = kernel_w * channels, n_taps = kernel_h * span
     cdef size_t elem = sizeof(floating)
+    cdef floating *row
 
-    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
-        for oy in range(out_h):
-            for ox in range(out_w):
-                row = (n * out_h + oy) * out_w + ox
-                ix0 = ox * stride_w - pad_left
-                for ky in range(kernel_h):
-                    iy = oy * stride_h - pad_top + ky
-                    col = ky * span
-                    if iy < 0 or iy >= height:
-                        memset(&cols[row, col], 0, span * elem)
-                    elif ix0 >= 0 and ix0 + kernel_w <= width:
-                        # The whole kernel row lies inside x: one contiguous copy.
-                        memcpy(&cols[row, col], &x[n, iy, ix0, 0], span * elem)
-                    else:
-                        for kx in range(kernel_w):
-                            ix = ix0 + kx
-                            if ix < 0 or ix >= width:
-                                memset(&cols[row, col + kx * channels], 0,
-                                       channels * elem)
-                            else:
-                                memcpy(&cols[row, col + kx * channels], &x[n, iy, ix, 0],
-                                       channels * elem)
+    for oy in range(out_h):
+        for ox in range(out_w):
+            ix0 = ox * stride_w - pad_left
+            for ky in range(kernel_h):
+                iy = oy * stride_h - pad_top + ky
+                row = cols + (oy * out_w + ox) * n_taps + ky * span
+                if iy < 0 or iy >= height:
+                    memset(row, 0, span * elem)
+                elif ix0 >= 0 and ix0 + kernel_w <= width:
+                    # The whole kernel row lies inside x: one contiguous copy.
+                    memcpy(row, x + (iy * width + ix0) * channels, span * elem)
+                else:
+                    for kx in range(kernel_w):
+                        ix = ix0 + kx
+                        if ix < 0 or ix >= width:
+                            memset(row + kx * channels, 0, channels * elem)
+                        else:
+                            memcpy(row + kx * channels, x + (iy * width + ix) * channels,
+                                   channels * elem)
 
 
-def col2im(
-    const floating[:, ::1] dcols,       # (N * OH * OW, KH * KW * C)
-    floating[:, :, :, ::1] dx,          # (N, H, W, C), overwritten
+def conv2d_backward_blocked(
+    const floating[:, :, :, ::1] x,     # (N, H, W, C)
+    const floating[:, ::1] weights,     # (KH * KW * C, F)
+    const floating[:, :, :, ::1] dout,  # (N, OH, OW, F)
+    floating[:, :, ::1] slabs,          # (T, B * OH * OW, KH * KW * C) scratch
+    floating[:, :, ::1] dcols_slabs,    # (T, B * OH * OW, KH * KW * C) scratch
+    floating[:, :, ::1] partial,        # (T, KH * KW * C, F) scratch
+    floating[:, ::1] dweights,          # (KH * KW * C, F), overwritten
+    floating[:, :, :, ::1] dx,          # (N, H, W, C) overwritten, or (0, 0, 0, 0)
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+    Py_ssize_t block,
+):
+    """Weight and input gradients of conv2d_forward_blocked, B samples at a time.
+
+    Per block, a thread gathers the samples' receptive fields into its slab,
+    adds slab^T @ dout into its own partial weight gradient, and, when dx is
+    wanted, multiplies dout by the weights into a second slab and scatters that
+    onto dx; the partial weight gradients are then added in thread order.
+    """
+    cdef Py_ssize_t n_batch = x.shape[0], out_h = dout.shape[1], out_w = dout.shape[2]
+    cdef Py_ssize_t n_filters = dout.shape[3], n_taps = weights.shape[0]
+    cdef Py_ssize_t pixels = out_h * out_w, n_threads = slabs.shape[0]
+    cdef Py_ssize_t n_blocks = (n_batch + block - 1) // block
+    cdef bint need_dx = dx.shape[0] > 0
+    cdef Py_ssize_t b, n, first, last, t, i, j
+    cdef int thread, rows
+    cdef floating *slab
+    cdef floating *dslab
+
+    for t in range(n_threads):
+        memset(&partial[t, 0, 0], 0, n_taps * n_filters * sizeof(floating))
+    for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule="static"):
+        thread = convext_omp_thread_num()
+        slab = &slabs[thread, 0, 0]
+        first = b * block
+        last = min(first + block, n_batch)
+        rows = <int>((last - first) * pixels)
+        for n in range(first, last):
+            im2col_sample(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3],
+                          slab + (n - first) * pixels * n_taps, kernel_h, kernel_w,
+                          stride_h, stride_w, pad_top, pad_left, out_h, out_w)
+        # weight gradient: (KH * KW * C, rows) @ (rows, F), added to this thread's
+        gemm_block(True, False, <int>n_taps, <int>n_filters, rows, slab, <int>n_taps,
+                   &dout[first, 0, 0, 0], <int>n_filters, 1, &partial[thread, 0, 0],
+                   <int>n_filters)
+        if need_dx:
+            # input gradient: (rows, F) @ (F, KH * KW * C), scattered onto dx
+            dslab = &dcols_slabs[thread, 0, 0]
+            gemm_block(False, True, rows, <int>n_taps, <int>n_filters,
+                       &dout[first, 0, 0, 0], <int>n_filters, &weights[0, 0],
+                       <int>n_filters, 0, dslab, <int>n_taps)
+            for n in range(first, last):
+                col2im_sample(dslab + (n - first) * pixels * n_taps, &dx[n, 0, 0, 0],
+                              dx.shape[1], dx.shape[2], dx.shape[3], kernel_h, kernel_w,
+                              stride_h, stride_w, pad_top, pad_left, out_h, out_w)
+
+    for i in range(n_taps):
+        for j in range(n_filters):
+            dweights[i, j] = partial[0, i, j]
+        for t in range(1, n_threads):
+            for j in range(n_filters):
+                dweights[i, j] += partial[t, i, j]
+
+
+cdef void col2im_sample(
+    const floating *dcols,              # (OH * OW, KH * KW * C) of one sample
+    floating *dx,                       # (H, W, C) of that sample, overwritten
+    Py_ssize_t height,
+    Py_ssize_t width,
+    Py_ssize_t channels,
     Py_ssize_t kernel_h,
     Py_ssize_t kernel_w,
     Py_ssize_t stride_h,
@@ -269,37 +376,28 @@ def col2im(
     Py_ssize_t pad_left,
     Py_ssize_t out_h,
     Py_ssize_t out_w,
-    int n_threads,
-):
-    """Scatter-add each row of dcols back onto the input pixels it was read from.
-
-    The adjoint of im2col: taps in the padding are dropped. Threads split the batch,
-    so no two threads ever add into the same sample of dx.
-    """
-    cdef Py_ssize_t n_batch = dx.shape[0], height = dx.shape[1]
-    cdef Py_ssize_t width = dx.shape[2], channels = dx.shape[3]
-    cdef Py_ssize_t n, oy, ox, ky, kx, iy, ix, c, row, col
+) noexcept nogil:
+    cdef Py_ssize_t oy, ox, ky, kx, iy, ix, c
+    cdef Py_ssize_t n_taps = kernel_h * kernel_w * channels
     cdef floating *dx_px
     cdef const floating *dcols_px
 
-    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
-        memset(&dx[n, 0, 0, 0], 0, height * width * channels * sizeof(floating))
-        for oy in range(out_h):
-            for ox in range(out_w):
-                row = (n * out_h + oy) * out_w + ox
-                for ky in range(kernel_h):
-                    iy = oy * stride_h - pad_top + ky
-                    if iy < 0 or iy >= height:
+    memset(dx, 0, height * width * channels * sizeof(floating))
+    for oy in range(out_h):
+        for ox in range(out_w):
+            for ky in range(kernel_h):
+                iy = oy * stride_h - pad_top + ky
+                if iy < 0 or iy >= height:
+                    continue
+                for kx in range(kernel_w):
+                    ix = ox * stride_w - pad_left + kx
+                    if ix < 0 or ix >= width:
                         continue
-                    for kx in range(kernel_w):
-                        ix = ox * stride_w - pad_left + kx
-                        if ix < 0 or ix >= width:
-                            continue
-                        col = (ky * kernel_w + kx) * channels
-                        dx_px = &dx[n, iy, ix, 0]
-                        dcols_px = &dcols[row, col]
-                        for c in range(channels):
-                            dx_px[c] = dx_px[c] + dcols_px[c]
+                    dx_px = dx + (iy * width + ix) * channels
+                    dcols_px = (dcols + (oy * out_w + ox) * n_taps
+                                + (ky * kernel_w + kx) * channels)
+                    for c in range(channels):
+                        dx_px[c] = dx_px[c] + dcols_px[c]
 
 
 def sum_rows(

@@ -184,7 +184,7 @@ class Conv2D(Layer):
     def backward(self, dy):
         dx, dweights, dbias = conv2d_backward_checked(
             dy, self._x, self.params["weights"], self.geometry, self.workspace,
-            self.need_input_grad, cols_ready=True,
+            self.need_input_grad,
         )
         self.grads["weights"] = dweights
         if self.use_bias:
