@@ -234,11 +234,12 @@ def conv2d_forward_blocked(
     cdef Py_ssize_t n_filters = out.shape[3], n_taps = weights.shape[0]
     cdef Py_ssize_t pixels = out_h * out_w
     cdef Py_ssize_t n_blocks = (n_batch + block - 1) // block
+    cdef int n_threads = <int>slabs.shape[0]
     cdef Py_ssize_t b, n, first, last
     cdef int thread
     cdef floating *slab
 
-    for b in prange(n_blocks, nogil=True, num_threads=slabs.shape[0], schedule="static"):
+    for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule="static"):
         thread = convext_omp_thread_num()
         slab = &slabs[thread, 0, 0]
         first = b * block
