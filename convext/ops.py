@@ -650,10 +650,10 @@ def batchnorm_backward_checked(dy, cache, workspace):
     dx = workspace.get("dx", dy.shape, dy.dtype)
     dgamma, dbeta = np.empty(channels, dy.dtype), np.empty(channels, dy.dtype)
     chunks = max(1, min(threads_for(dy.size), rows))
+    sums = workspace.get("backward_sums", (chunks, 2, channels), np.float64)
     _kernels.batchnorm_backward(
         dy.reshape(rows, channels), cache.x_hat.reshape(rows, channels), cache.gamma,
-        cache.inv_std, workspace.get("backward_sums", (chunks, 2, channels), np.float64),
-        dx.reshape(rows, channels), dgamma, dbeta,
+        cache.inv_std, sums, dx.reshape(rows, channels), dgamma, dbeta,
     )
     return dx, dgamma, dbeta
 

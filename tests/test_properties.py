@@ -27,7 +27,7 @@ from convext import _kernels, ops
 
 # Hypothesis's pytest plugin imports this module to report a failing example; the
 # libcst it imports warns at import time, which filterwarnings=error would turn
-# into an INTERNALERROR that hides the report and ends the session. So it is
+# into an INTERNALERROR that hides the report and ends the pytest run. So it is
 # imported here, once, with that warning silenced.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
