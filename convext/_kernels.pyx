@@ -25,7 +25,6 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 cdef extern from "convext_omp.h" nogil:
     int convext_openmp_enabled()
-    int convext_omp_max_threads()
     int convext_omp_thread_num()
     int CONVEXT_CYTHON_DEBUG
     int CONVEXT_PROFILE_BUILD
@@ -44,11 +43,6 @@ def bounds_checked():
 def profiling_build():
     """True for a profiling build (CONVEXT_PROFILE=1): tracing and debug symbols."""
     return bool(CONVEXT_PROFILE_BUILD)
-
-
-def omp_max_threads():
-    """The OpenMP runtime's default thread count (1 without OpenMP)."""
-    return convext_omp_max_threads()
 
 
 # ---------------------------------------------------------------------------

@@ -86,10 +86,3 @@ def single_threaded_blas():
         _controller = ThreadpoolController()
     with _controller.limit(limits=1, user_api="blas"):
         yield
-
-
-def blas_info():
-    """What threadpoolctl reports of the loaded BLAS libraries."""
-    return [
-        info for info in ThreadpoolController().info() if info["user_api"] == "blas"
-    ]

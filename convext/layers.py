@@ -21,6 +21,7 @@ from convext.ops import (
     batchnorm_backward_checked,
     batchnorm_forward_checked,
     batchnorm_inference,
+    check_int,
     conv2d_backward_checked,
     conv2d_forward_checked,
     conv_geometry,
@@ -54,14 +55,6 @@ def _check_initializer(layer, init):
     if init not in INITIALIZERS:
         raise ValueError(f"{layer}: init must be one of {INITIALIZERS}, got {init!r}")
     return init
-
-
-def _check_positive_int(layer, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{layer}: {name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{layer}: {name} must be >= 1, got {value!r}")
-    return int(value)
 
 
 class Layer:
@@ -123,7 +116,7 @@ class Conv2D(Layer):
     def __init__(self, filters, kernel_size=3, stride=1, padding="valid",
                  use_bias=True, init="he"):
         super().__init__()
-        self.filters = _check_positive_int("Conv2D", "filters", filters)
+        self.filters = check_int("Conv2D", "filters", filters, 1)
         self.kernel_size = as_pair("Conv2D", "kernel_size", kernel_size, 1)
         self.stride = as_pair("Conv2D", "stride", stride, 1)
         if isinstance(padding, str):
@@ -347,7 +340,7 @@ class Dense(Layer):
 
     def __init__(self, units, use_bias=True, init="he"):
         super().__init__()
-        self.units = _check_positive_int("Dense", "units", units)
+        self.units = check_int("Dense", "units", units, 1)
         self.use_bias = bool(use_bias)
         self.init = _check_initializer("Dense", init)
 

@@ -29,6 +29,7 @@ from convext.layers import (
     ReLU,
 )
 from convext.losses import softmax, softmax_cross_entropy
+from convext.ops import check_int
 from convext.optim import OPTIMIZER_TYPES, get_optimizer
 
 logger = logging.getLogger(__name__)
@@ -287,8 +288,8 @@ class Sequential:
         dict of lists: the history of every logged quantity, one entry per epoch.
         """
         func = "fit"
-        epochs = _check_count(func, "epochs", epochs, minimum=0)
-        batch_size = _check_count(func, "batch_size", batch_size, minimum=1)
+        epochs = check_int(func, "epochs", epochs, minimum=0)
+        batch_size = check_int(func, "batch_size", batch_size, minimum=1)
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(
                 f"{func}: validation_split must be in [0, 1), got {validation_split!r}"
@@ -404,7 +405,7 @@ class Sequential:
 
         verbose=1 shows a progress bar over the batches on a terminal.
         """
-        batch_size = _check_count("evaluate", "batch_size", batch_size, minimum=1)
+        batch_size = check_int("evaluate", "batch_size", batch_size, minimum=1)
         x, y = self._prepare("evaluate", x, y)
         if len(x) == 0:
             raise ValueError("evaluate: x must hold at least one sample, got 0")
@@ -415,7 +416,7 @@ class Sequential:
 
         verbose=1 shows a progress bar over the batches on a terminal.
         """
-        batch_size = _check_count("predict", "batch_size", batch_size, minimum=1)
+        batch_size = check_int("predict", "batch_size", batch_size, minimum=1)
         x, _ = self._prepare("predict", x)
         return softmax(self._logits(x, batch_size, verbose))
 
@@ -494,14 +495,6 @@ def _untimed(*key):
 
 
 _NOTHING = contextlib.nullcontext()
-
-
-def _check_count(func, name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{func}: {name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def load_model(path):

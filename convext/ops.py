@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convext import _kernels
-from convext._threads import get_num_threads, single_threaded_blas, threads_for
+from convext._threads import single_threaded_blas, threads_for
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -44,9 +44,6 @@ class Workspace:
             buffer = np.empty(shape, dtype=dtype)
             self._buffers[name] = buffer
         return buffer
-
-    def clear(self):
-        self._buffers.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -98,6 +95,15 @@ def as_pair(func, name, value, minimum):
     if min(pair) < minimum:
         raise ValueError(f"{func}: {name} must be >= {minimum}, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def check_int(func, name, value, minimum):
+    """value as an int, checked to be an int (not a bool) of at least minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{func}: {name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{func}: {name} must be >= {minimum}, got {value!r}")
+    return int(value)
 
 
 class ConvGeometry(NamedTuple):
@@ -252,7 +258,7 @@ def zero_pad(x, pad):
 
     n, h, w, c = x.shape
     out = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype)
-    _kernels.pad2d(x, out, top, left, get_num_threads())
+    _kernels.pad2d(x, out, top, left, threads_for(out.size))
     return out
 
 
@@ -279,7 +285,7 @@ def zero_pad_backward(dout, pad):
         )
 
     dx = np.empty((n, padded_h - top - bottom, padded_w - left - right, c), dtype)
-    _kernels.pad2d_backward(dout, dx, top, left, get_num_threads())
+    _kernels.pad2d_backward(dout, dx, top, left, threads_for(dout.size))
     return dx
 
 
@@ -369,7 +375,8 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
     # weight gradient, im2col(x)^T @ dout summed over the blocks, and input
     # gradient, dout @ weights^T scattered back by col2im, block by block
     dweights = np.empty(weights.shape, dtype=x.dtype)
-    dx = np.empty((n, h, w, c) if need_input_grad else (0, 0, 0, 0), dtype=x.dtype)
+    dx = workspace.get("dx", (n, h, w, c) if need_input_grad else (0, 0, 0, 0),
+                       x.dtype)
     if n == 0:
         dweights[:] = 0
         return (dx if need_input_grad else None), dweights, dbias
@@ -484,7 +491,7 @@ def maxpool2d_forward(x, pool_size=2, stride=None):
     out = np.empty((n, out_h, out_w, c), dtype=dtype)
     argmax = np.empty((n, out_h, out_w, c), dtype=np.int32)
     _kernels.maxpool2d_forward(x, out, argmax, pool_h, pool_w, stride_h, stride_w,
-                               get_num_threads())
+                               threads_for(x.size))
     return out, argmax
 
 
@@ -535,7 +542,7 @@ def maxpool2d_backward(dout, argmax, input_shape):
     argmax = np.ascontiguousarray(argmax, dtype=np.int32)
 
     dx = np.empty(input_shape, dtype=dtype)
-    _kernels.maxpool2d_backward(dout, argmax, dx, get_num_threads())
+    _kernels.maxpool2d_backward(dout, argmax, dx, threads_for(dx.size))
     return dx
 
 
@@ -694,7 +701,7 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
     rows = x.size // max(channels, 1)
     _kernels.scale_shift(x.reshape(rows, channels), scale.astype(dtype),
                          shift.astype(dtype), y.reshape(rows, channels),
-                         get_num_threads())
+                         threads_for(x.size))
     return y
 
 
@@ -714,7 +721,7 @@ def relu_forward(x, out=None):
     # asarray keeps a 0-D array 0-D, where ascontiguousarray would make it 1-D.
     x = np.asarray(x, dtype=dtype, order="C")
     out = _output_like("relu_forward", out, x)
-    _kernels.relu_forward(x.reshape(-1), out.reshape(-1), get_num_threads())
+    _kernels.relu_forward(x.reshape(-1), out.reshape(-1), threads_for(x.size))
     return out
 
 
@@ -731,5 +738,5 @@ def relu_backward(dy, y):
     y = np.asarray(y, dtype=dtype, order="C")
     dx = np.empty_like(dy)
     _kernels.relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1),
-                           get_num_threads())
+                           threads_for(dy.size))
     return dx

@@ -12,13 +12,11 @@
 #include <omp.h>
 
 static inline int convext_openmp_enabled(void) { return 1; }
-static inline int convext_omp_max_threads(void) { return omp_get_max_threads(); }
 static inline int convext_omp_thread_num(void) { return omp_get_thread_num(); }
 
 #else
 
 static inline int convext_openmp_enabled(void) { return 0; }
-static inline int convext_omp_max_threads(void) { return 1; }
 static inline int convext_omp_thread_num(void) { return 0; }
 
 #endif /* _OPENMP */
