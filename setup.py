@@ -11,6 +11,9 @@ CONVEXT_PROFILE=1       a profiling build: Cython's profiling and line tracing (
                         cProfile and line_profiler see the Cython functions and perf or
                         py-spy --native see the C frames by name.
 CONVEXT_ANNOTATE=1      also write Cython's HTML annotation of each .pyx beside it.
+CONVEXT_PORTABLE=1      compile for the compiler's default instruction set instead of
+                        the building machine's own (-march=native), for an extension
+                        that must run on other processors than the one that built it.
 """
 
 import os
@@ -36,6 +39,8 @@ OPENMP_PROBE = textwrap.dedent(
     """
 )
 
+NATIVE_PROBE = "int main(void) { return 0; }\n"
+
 # Flags per compiler family, picked in build_extensions once the compiler is known.
 COMPILE_ARGS = {
     "unix": ["-O3", "-std=c11", "-fno-math-errno"],
@@ -44,6 +49,11 @@ COMPILE_ARGS = {
 PROFILE_ARGS = {
     "unix": ["-g", "-fno-omit-frame-pointer"],
     "msvc": ["/Zi"],
+}
+# Instructions of the building machine (AVX2, AVX-512 where it has them), which the
+# batch-norm, pooling, ReLU and gather loops are vectorised with.
+NATIVE_ARGS = {
+    "unix": ["-march=native"],
 }
 OPENMP_ARGS = {
     "unix": (["-fopenmp"], ["-fopenmp"]),
@@ -82,12 +92,12 @@ def build_macros():
     return macros
 
 
-def compiler_has_openmp(compiler, compile_args, link_args):
-    """Compile, link and run a tiny OpenMP program; True when all three work."""
+def compiler_runs(compiler, program_text, compile_args, link_args):
+    """Compile, link and run a tiny program; True when all three work."""
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "probe.c")
         with open(source, "w") as f:
-            f.write(OPENMP_PROBE)
+            f.write(program_text)
         try:
             objects = compiler.compile(
                 [source], output_dir=tmp, extra_postargs=compile_args
@@ -109,11 +119,20 @@ class BuildExt(build_ext):
         link_args = []
         if env_flag("CONVEXT_PROFILE"):
             compile_args += PROFILE_ARGS.get(family, [])
+        native_args = NATIVE_ARGS.get(family, [])
+        native = False
+        if native_args and not env_flag("CONVEXT_PORTABLE"):
+            native = compiler_runs(self.compiler, NATIVE_PROBE, native_args, [])
+            if native:
+                compile_args += native_args
+            else:
+                self.warn("the C compiler refused -march=native: a portable build")
 
         use_openmp = False
         if not env_flag("CONVEXT_NO_OPENMP") and family in OPENMP_ARGS:
             omp_compile, omp_link = OPENMP_ARGS[family]
-            use_openmp = compiler_has_openmp(self.compiler, omp_compile, omp_link)
+            use_openmp = compiler_runs(self.compiler, OPENMP_PROBE, omp_compile,
+                                       omp_link)
             if use_openmp:
                 compile_args += omp_compile
                 link_args += omp_link
@@ -123,6 +142,7 @@ class BuildExt(build_ext):
                 )
 
         for ext in self.extensions:
+            ext.define_macros.append(("CONVEXT_NATIVE_BUILD", "1" if native else "0"))
             ext.extra_compile_args = compile_args + ext.extra_compile_args
             ext.extra_link_args = link_args + ext.extra_link_args
         super().build_extensions()

@@ -66,6 +66,7 @@ def build_info():
         "version": __version__,
         "build": "profiling" if _kernels.profiling_build() else (
             "bounds-checked" if _kernels.bounds_checked() else "release"),
+        "instructions": "native" if _kernels.native_build() else "portable",
         "openmp": _kernels.openmp_enabled(),
         "threads": get_num_threads(),
         "blas": blas,

@@ -28,6 +28,7 @@ cdef extern from "convext_omp.h" nogil:
     int convext_omp_thread_num()
     int CONVEXT_CYTHON_DEBUG
     int CONVEXT_PROFILE_BUILD
+    int CONVEXT_NATIVE_BUILD
 
 
 def openmp_enabled():
@@ -38,6 +39,11 @@ def openmp_enabled():
 def bounds_checked():
     """True when the extension was compiled with Cython's bounds checks on."""
     return bool(CONVEXT_CYTHON_DEBUG)
+
+
+def native_build():
+    """True when compiled for the building machine's instruction set (-march=native)."""
+    return bool(CONVEXT_NATIVE_BUILD)
 
 
 def profiling_build():

@@ -257,6 +257,8 @@ def test_version_prints_the_version_and_openmp(capsys):
     assert err == ""
     assert out.splitlines()[0] == f"convext {convext.__version__}"
     assert f"  openmp: {info['openmp']}" in out.splitlines()
+    assert info["instructions"] in ("native", "portable")
+    assert f"  instructions: {info['instructions']}" in out.splitlines()
 
 
 def test_no_command_prints_help(capsys):
