@@ -66,6 +66,7 @@ def conv2d_backward_blocked(
     pad_top: int,
     pad_left: int,
     block: int,
+    few_taps: bool,
 ) -> None: ...
 def sum_rows(values: Floats, partial: NDArray[np.float64], out: Floats) -> None: ...
 def maxpool2d_forward(

@@ -92,6 +92,22 @@ def conv2d_forward(x, weights, bias=None, stride=1, padding=(0, 0, 0, 0)):
     return out
 
 
+def conv2d_parameter_grads(x, dout, kernel_hw, stride=1, padding=(0, 0, 0, 0)):
+    """Weight (KH, KW, C, F) and bias (F,) gradients of conv2d_forward for the
+    output gradient dout (N, OH, OW, F): each output pixel's gradient times the
+    input window it saw, summed."""
+    stride_h, stride_w = as_pair(stride)
+    kernel_h, kernel_w = kernel_hw
+    padded = zero_pad(x, *padding)
+    dweights = np.zeros((kernel_h, kernel_w, x.shape[3], dout.shape[3]))
+    for oy in range(dout.shape[1]):
+        for ox in range(dout.shape[2]):
+            top, left = oy * stride_h, ox * stride_w
+            window = padded[:, top:top + kernel_h, left:left + kernel_w, :]
+            dweights += np.tensordot(window, dout[:, oy, ox, :], axes=([0], [0]))
+    return dweights, dout.sum(axis=(0, 1, 2))
+
+
 def maxpool2d_windows(x, pool_size, stride=None):
     """Yield (oy, ox, window) for each pool window of x (N, H, W, C), no padding."""
     pool_h, pool_w = as_pair(pool_size)

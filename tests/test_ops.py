@@ -411,6 +411,41 @@ def test_conv2d_backward_without_input_grad_gives_same_parameter_grads(
     assert_bitwise_equal(dbias, expected_dbias)
 
 
+# Taps (KH * KW * C) of 9 and 27 take the register-tiled weight gradient, 36 the
+# BLAS; the filter counts cover whole tiles of 32 columns, a tile and a half, and
+# tiles with a few columns left over.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("filters", [32, 48, 70])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_conv2d_parameter_grads_match_reference(channels, filters, dtype, rng):
+    geometry = Geometry(9, 8, 3, 3, 1, "same")
+    x, weights, _, out = conv_case(rng, geometry, 5, channels, filters, dtype)
+    out_grad = random_array(rng, out.shape, dtype)
+    expected_dweights, expected_dbias = reference.conv2d_parameter_grads(
+        as_float64(x), as_float64(out_grad), (3, 3), 1, geometry.explicit_padding()
+    )
+
+    _, dweights, dbias = ops.conv2d_backward(
+        out_grad, x, weights, 1, "same", need_input_grad=False
+    )
+
+    assert_matches_reference(dweights, expected_dweights, dtype)
+    assert_matches_reference(dbias, expected_dbias, dtype)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_conv2d_few_taps_weight_grad_equals_blas_path(channels, rng, monkeypatch):
+    x, weights, _, out = conv_case(rng, Geometry(7, 7, 3, 3, 2, 1), 4, channels, 40,
+                                   np.float64)
+    out_grad = random_array(rng, out.shape)
+    _, tiled, _ = ops.conv2d_backward(out_grad, x, weights, 2, 1)
+    monkeypatch.setattr(ops, "FEW_TAPS", 0)
+
+    _, from_blas, _ = ops.conv2d_backward(out_grad, x, weights, 2, 1)
+
+    np.testing.assert_allclose(tiled, from_blas, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("pad", PADS, ids=str)
 def test_zero_pad_backward_matches_finite_differences(pad, rng):
     x = random_array(rng, (2, 3, 4, 2))
