@@ -158,7 +158,8 @@ extensions = [
         sources=["convext/_kernels.pyx"],
         include_dirs=[np.get_include(), "csrc"],
         define_macros=build_macros(),
-        depends=["csrc/convext_omp.h", "csrc/convext_lanes.h"],
+        depends=["csrc/convext_omp.h", "csrc/convext_lanes.h",
+                 "csrc/convext_batchnorm.h"],
     ),
 ]
 

@@ -88,24 +88,26 @@ def batchnorm_forward(
     beta: Floats,
     eps: float,
     partial: NDArray[np.float64],
-    x_hat: Floats,
     y: Floats,
     mean: Floats,
     var: Floats,
     inv_std: Floats,
+    scale: Floats,
 ) -> None: ...
 def batchnorm_backward(
     dy: Floats,
-    x_hat: Floats,
+    x: Floats,
     gamma: Floats,
+    mean: Floats,
     inv_std: Floats,
     partial: NDArray[np.float64],
+    column_terms: Floats,
     dx: Floats,
     dgamma: Floats,
     dbeta: Floats,
 ) -> None: ...
-def scale_shift(
-    x: Floats, scale: Floats, shift: Floats, y: Floats, n_threads: int
+def batchnorm_inference(
+    x: Floats, mean: Floats, scale: Floats, shift: Floats, y: Floats, n_threads: int
 ) -> None: ...
 def relu_forward(x: Floats, y: Floats, n_threads: int) -> None: ...
 def relu_backward(dy: Floats, y: Floats, dx: Floats, n_threads: int) -> None: ...

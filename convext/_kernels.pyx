@@ -36,6 +36,32 @@ cdef extern from "convext_lanes.h" nogil:
     void convext_column_sums_d(const double *values, Py_ssize_t rows, Py_ssize_t cols,
                                double *sums)
 
+cdef extern from "convext_batchnorm.h" nogil:
+    void convext_shifted_sums_f(const float *x, Py_ssize_t rows, Py_ssize_t cols,
+                                double *shift, double *sums, double *squares)
+    void convext_shifted_sums_d(const double *x, Py_ssize_t rows, Py_ssize_t cols,
+                                double *shift, double *sums, double *squares)
+    void convext_normalize_f(const float *x, Py_ssize_t rows, Py_ssize_t cols,
+                             const float *mean, const float *scale, const float *shift,
+                             float *y)
+    void convext_normalize_d(const double *x, Py_ssize_t rows, Py_ssize_t cols,
+                             const double *mean, const double *scale, const double *shift,
+                             double *y)
+    void convext_gradient_sums_f(const float *dy, const float *x, Py_ssize_t rows,
+                                 Py_ssize_t cols, const float *mean, double *sum_dy,
+                                 double *sum_dy_centred)
+    void convext_gradient_sums_d(const double *dy, const double *x, Py_ssize_t rows,
+                                 Py_ssize_t cols, const double *mean, double *sum_dy,
+                                 double *sum_dy_centred)
+    void convext_input_gradient_f(const float *dy, const float *x, Py_ssize_t rows,
+                                  Py_ssize_t cols, const float *mean,
+                                  const float *dy_scale, const float *x_scale,
+                                  const float *offset, float *dx)
+    void convext_input_gradient_d(const double *dy, const double *x, Py_ssize_t rows,
+                                  Py_ssize_t cols, const double *mean,
+                                  const double *dy_scale, const double *x_scale,
+                                  const double *offset, double *dx)
+
 cdef extern from "convext_omp.h" nogil:
     int convext_openmp_enabled()
     int convext_omp_thread_num()
@@ -571,30 +597,34 @@ def batchnorm_forward(
     const floating[::1] beta,           # (C,)
     double eps,
     double[:, :, ::1] partial,          # (T, 3, C) scratch
-    floating[:, ::1] x_hat,             # (M, C) out: normalised x
-    floating[:, ::1] y,                 # (M, C) out: gamma * x_hat + beta
+    floating[:, ::1] y,                 # (M, C) out: gamma * (x - mean) * inv_std + beta
     floating[::1] mean,                 # (C,) out
     floating[::1] var,                  # (C,) out: biased variance
     floating[::1] inv_std,              # (C,) out: 1 / sqrt(var + eps)
+    floating[::1] scale,                # (C,) scratch: gamma * inv_std
 ):
     """Normalise each column by its batch mean and variance, then scale and shift.
 
     The statistics take one pass over x: each thread sums the deviations of its
-    rows from its first row (and their squares) in double precision, which stays
-    accurate where E[x^2] - E[x]^2 would cancel, and the per-thread means and
-    squared deviations are then combined exactly (Chan, Golub and LeVeque).
+    rows from its first row (and their squares) in double precision, and the
+    per-thread means and squared deviations are then combined exactly (Chan, Golub
+    and LeVeque). A second pass writes y.
     """
     cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
     cdef Py_ssize_t n_chunks = partial.shape[0]
-    cdef Py_ssize_t t, i, j, first, count
+    cdef Py_ssize_t t, j, first, count
     cdef double chunk_mean, total_mean, squares
 
     # pass 1: per-thread shifted sums
     for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
         first = t * n_rows // n_chunks
-        shifted_column_sums(&x[first, 0], (t + 1) * n_rows // n_chunks - first,
-                            n_cols, &partial[t, 0, 0], &partial[t, 1, 0],
-                            &partial[t, 2, 0])
+        count = (t + 1) * n_rows // n_chunks - first
+        if floating is float:
+            convext_shifted_sums_f(&x[first, 0], count, n_cols, &partial[t, 0, 0],
+                                   &partial[t, 1, 0], &partial[t, 2, 0])
+        else:
+            convext_shifted_sums_d(&x[first, 0], count, n_cols, &partial[t, 0, 0],
+                                   &partial[t, 1, 0], &partial[t, 2, 0])
 
     # the chunks combined: mean, then squared deviations about it
     for j in range(n_cols):
@@ -614,96 +644,112 @@ def batchnorm_forward(
         mean[j] = <floating>total_mean
         var[j] = <floating>(squares / n_rows)
         inv_std[j] = <floating>(1.0 / sqrt(squares / n_rows + eps))
+        scale[j] = gamma[j] * inv_std[j]
 
     # pass 2: normalise, scale and shift
-    for i in prange(n_rows, nogil=True, num_threads=n_chunks, schedule="static"):
-        for j in range(n_cols):
-            x_hat[i, j] = (x[i, j] - mean[j]) * inv_std[j]
-            y[i, j] = gamma[j] * x_hat[i, j] + beta[j]
+    with nogil:
+        normalize_rows(x, mean, scale, beta, y, <int>n_chunks)
 
 
-cdef void shifted_column_sums(
-    const floating *x,                  # (rows, C), rows >= 1
-    Py_ssize_t n_rows,
-    Py_ssize_t n_cols,
-    double *shift,                      # (C,) out: the first row
-    double *sums,                       # (C,) out: sum of x - shift
-    double *squares,                    # (C,) out: sum of (x - shift) ** 2
+cdef void normalize_rows(
+    const floating[:, ::1] x,           # (M, C)
+    const floating[::1] mean,           # (C,)
+    const floating[::1] scale,          # (C,)
+    const floating[::1] shift,          # (C,)
+    floating[:, ::1] y,                 # (M, C) out, may be x's own buffer
+    int n_threads,
 ) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef double deviation
+    """y = (x - mean) * scale + shift per column, a block of rows per thread."""
+    cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
+    cdef Py_ssize_t t, first, count
 
-    for j in range(n_cols):
-        shift[j] = x[j]
-        sums[j] = 0.0
-        squares[j] = 0.0
-    for i in range(1, n_rows):
-        for j in range(n_cols):
-            deviation = x[i * n_cols + j] - shift[j]
-            sums[j] += deviation
-            squares[j] += deviation * deviation
+    for t in prange(n_threads, num_threads=n_threads, schedule="static"):
+        first = t * n_rows // n_threads
+        count = (t + 1) * n_rows // n_threads - first
+        if count == 0:
+            continue
+        if floating is float:
+            convext_normalize_f(&x[first, 0], count, n_cols, &mean[0], &scale[0],
+                                &shift[0], &y[first, 0])
+        else:
+            convext_normalize_d(&x[first, 0], count, n_cols, &mean[0], &scale[0],
+                                &shift[0], &y[first, 0])
 
 
 def batchnorm_backward(
     const floating[:, ::1] dy,          # (M, C)
-    const floating[:, ::1] x_hat,       # (M, C)
+    const floating[:, ::1] x,           # (M, C) the forward input
     const floating[::1] gamma,          # (C,)
+    const floating[::1] mean,           # (C,)
     const floating[::1] inv_std,        # (C,)
     double[:, :, ::1] partial,          # (T, 2, C) scratch
+    floating[:, ::1] column_terms,      # (3, C) scratch
     floating[:, ::1] dx,                # (M, C) out
     floating[::1] dgamma,               # (C,) out
     floating[::1] dbeta,                # (C,) out
 ):
     """Gradients of batchnorm_forward with batch statistics.
 
-    dbeta = sum(dy), dgamma = sum(dy * x_hat), and
-    dx = gamma * inv_std * (dy - (dbeta + x_hat * dgamma) / M).
+    With x_hat = (x - mean) * inv_std: dbeta = sum(dy), dgamma = sum(dy * x_hat),
+    and dx = gamma * inv_std * (dy - (dbeta + x_hat * dgamma) / M), computed as
+    dy * a + (x - mean) * b + c with a, b, c per column.
     """
     cdef Py_ssize_t n_rows = dy.shape[0], n_cols = dy.shape[1]
     cdef Py_ssize_t n_chunks = partial.shape[0]
-    cdef Py_ssize_t t, i, j
-    cdef double sum_dy, sum_dy_xhat
+    cdef Py_ssize_t t, j, first, count
+    cdef double sum_dy, sum_dy_xhat, gain
 
     # pass 1: the two column sums
     for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
-        memset(&partial[t, 0, 0], 0, 2 * n_cols * sizeof(double))
-        for i in range(t * n_rows // n_chunks, (t + 1) * n_rows // n_chunks):
-            for j in range(n_cols):
-                partial[t, 0, j] += dy[i, j]
-                partial[t, 1, j] += dy[i, j] * x_hat[i, j]
+        first = t * n_rows // n_chunks
+        count = (t + 1) * n_rows // n_chunks - first
+        if floating is float:
+            convext_gradient_sums_f(&dy[first, 0], &x[first, 0], count, n_cols, &mean[0],
+                                    &partial[t, 0, 0], &partial[t, 1, 0])
+        else:
+            convext_gradient_sums_d(&dy[first, 0], &x[first, 0], count, n_cols, &mean[0],
+                                    &partial[t, 0, 0], &partial[t, 1, 0])
     for j in range(n_cols):
         sum_dy = 0.0
         sum_dy_xhat = 0.0
         for t in range(n_chunks):
             sum_dy = sum_dy + partial[t, 0, j]
             sum_dy_xhat = sum_dy_xhat + partial[t, 1, j]
+        sum_dy_xhat = sum_dy_xhat * inv_std[j]
         dbeta[j] = <floating>sum_dy
         dgamma[j] = <floating>sum_dy_xhat
-        # Kept for pass 2 as the per-column means of the two sums.
-        partial[0, 0, j] = sum_dy / n_rows
-        partial[0, 1, j] = sum_dy_xhat / n_rows
+        gain = <double>gamma[j] * inv_std[j]
+        column_terms[0, j] = <floating>gain
+        column_terms[1, j] = <floating>(-gain * inv_std[j] * sum_dy_xhat / n_rows)
+        column_terms[2, j] = <floating>(-gain * sum_dy / n_rows)
 
     # pass 2: the input gradient
-    for i in prange(n_rows, nogil=True, num_threads=n_chunks, schedule="static"):
-        for j in range(n_cols):
-            dx[i, j] = <floating>(gamma[j] * inv_std[j] * (
-                dy[i, j] - partial[0, 0, j] - x_hat[i, j] * partial[0, 1, j]))
+    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
+        first = t * n_rows // n_chunks
+        count = (t + 1) * n_rows // n_chunks - first
+        if count == 0:
+            continue
+        if floating is float:
+            convext_input_gradient_f(&dy[first, 0], &x[first, 0], count, n_cols, &mean[0],
+                                     &column_terms[0, 0], &column_terms[1, 0],
+                                     &column_terms[2, 0], &dx[first, 0])
+        else:
+            convext_input_gradient_d(&dy[first, 0], &x[first, 0], count, n_cols, &mean[0],
+                                     &column_terms[0, 0], &column_terms[1, 0],
+                                     &column_terms[2, 0], &dx[first, 0])
 
 
-def scale_shift(
+def batchnorm_inference(
     const floating[:, ::1] x,           # (M, C)
+    const floating[::1] mean,           # (C,)
     const floating[::1] scale,          # (C,)
     const floating[::1] shift,          # (C,)
     floating[:, ::1] y,                 # (M, C) out
     int n_threads,
 ):
-    """y = x * scale + shift per column: batch-norm with fixed statistics."""
-    cdef Py_ssize_t n_rows = x.shape[0], n_cols = x.shape[1]
-    cdef Py_ssize_t i, j
-
-    for i in prange(n_rows, nogil=True, num_threads=n_threads, schedule="static"):
-        for j in range(n_cols):
-            y[i, j] = x[i, j] * scale[j] + shift[j]
+    """y = (x - mean) * scale + shift per column: batch-norm with fixed statistics."""
+    with nogil:
+        normalize_rows(x, mean, scale, shift, y, n_threads)
 
 
 # ---------------------------------------------------------------------------

@@ -558,9 +558,10 @@ def maxpool2d_backward(dout, argmax, input_shape):
 
 class BatchNormCache(NamedTuple):
     """What batchnorm_backward reads from batchnorm_forward; each of shape (C,)
-    except x_hat, the normalised input of shape (..., C)."""
+    except x, the input of shape (..., C), kept by reference: the gradient is
+    computed from it, so it must not change between the two calls."""
 
-    x_hat: np.ndarray
+    x: np.ndarray
     gamma: np.ndarray
     mean: np.ndarray
     var: np.ndarray
@@ -607,20 +608,22 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, out=None):
 
 
 def batchnorm_forward_checked(x, gamma, beta, eps, workspace, out=None):
-    """batchnorm_forward on checked arrays, with x_hat (and y, unless out is
-    given) in workspace buffers; returns (y, BatchNormCache)."""
+    """batchnorm_forward on checked arrays, with y in a workspace buffer unless out
+    is given; returns (y, BatchNormCache)."""
     channels = x.shape[-1]
     rows = x.size // channels
-    x_hat = workspace.get("x_hat", x.shape, x.dtype)
     y = workspace.get("y", x.shape, x.dtype) if out is None else out
-    mean, var, inv_std = (np.empty(channels, x.dtype) for _ in range(3))
+    if np.may_share_memory(x, y):
+        # y overwrites x, which the backward pass needs
+        x = x.copy()
+    mean, var, inv_std, scale = (np.empty(channels, x.dtype) for _ in range(4))
     chunks = max(1, min(threads_for(x.size), rows))
     _kernels.batchnorm_forward(
         x.reshape(rows, channels), gamma, beta, eps,
         workspace.get("forward_sums", (chunks, 3, channels), np.float64),
-        x_hat.reshape(rows, channels), y.reshape(rows, channels), mean, var, inv_std,
+        y.reshape(rows, channels), mean, var, inv_std, scale,
     )
-    return y, BatchNormCache(x_hat, gamma, mean, var, inv_std)
+    return y, BatchNormCache(x, gamma, mean, var, inv_std)
 
 
 def batchnorm_backward(dy, cache):
@@ -640,17 +643,17 @@ def batchnorm_backward(dy, cache):
     if not isinstance(cache, BatchNormCache):
         raise TypeError(f"{func}: cache must be the BatchNormCache from "
                         f"batchnorm_forward, got {type(cache).__name__}")
-    dtype = compute_dtype(func, dy=dy, x_hat=cache.x_hat, gamma=cache.gamma,
-                          inv_std=cache.inv_std)
-    _check_same_shape(func, "dy", dy, cache.x_hat.shape)
+    dtype = compute_dtype(func, dy=dy, x=cache.x, gamma=cache.gamma,
+                          mean=cache.mean, inv_std=cache.inv_std)
+    _check_same_shape(func, "dy", dy, cache.x.shape)
     if dy.ndim < 2 or dy.shape[-1] == 0:
         raise ValueError(f"{func}: dy must be at least 2-D (..., C) with C >= 1, got "
                          f"shape {dy.shape}")
-    for name in ("gamma", "inv_std"):
+    for name in ("gamma", "mean", "inv_std"):
         _check_same_shape(func, f"cache.{name}", getattr(cache, name), dy.shape[-1:])
     dy = np.ascontiguousarray(dy, dtype=dtype)
     cache = cache._replace(**{name: np.ascontiguousarray(getattr(cache, name), dtype)
-                              for name in ("x_hat", "gamma", "inv_std")})
+                              for name in ("x", "gamma", "mean", "inv_std")})
     dx, dgamma, dbeta = batchnorm_backward_checked(dy, cache, Workspace())
     return dx, dgamma, dbeta
 
@@ -664,9 +667,11 @@ def batchnorm_backward_checked(dy, cache, workspace):
     dgamma, dbeta = np.empty(channels, dy.dtype), np.empty(channels, dy.dtype)
     chunks = max(1, min(threads_for(dy.size), rows))
     sums = workspace.get("backward_sums", (chunks, 2, channels), np.float64)
+    column_terms = workspace.get("column_terms", (3, channels), dy.dtype)
     _kernels.batchnorm_backward(
-        dy.reshape(rows, channels), cache.x_hat.reshape(rows, channels), cache.gamma,
-        cache.inv_std, sums, dx.reshape(rows, channels), dgamma, dbeta,
+        dy.reshape(rows, channels), cache.x.reshape(rows, channels), cache.gamma,
+        cache.mean, cache.inv_std, sums, column_terms, dx.reshape(rows, channels),
+        dgamma, dbeta,
     )
     return dx, dgamma, dbeta
 
@@ -700,14 +705,14 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
         raise ValueError(f"{func}: running_var must be >= 0 (and not NaN), got a "
                          f"minimum of {running_var.min()}")
 
-    # Folded into one scale and shift per channel, computed in double precision.
+    # One scale per channel, computed in double precision.
     scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
-    shift = beta.astype(np.float64) - running_mean.astype(np.float64) * scale
     y = np.empty_like(x)
     rows = x.size // max(channels, 1)
-    _kernels.scale_shift(x.reshape(rows, channels), scale.astype(dtype),
-                         shift.astype(dtype), y.reshape(rows, channels),
-                         threads_for(x.size))
+    _kernels.batchnorm_inference(
+        x.reshape(rows, channels), running_mean.astype(dtype), scale.astype(dtype),
+        beta.astype(dtype), y.reshape(rows, channels), threads_for(x.size),
+    )
     return y
 
 

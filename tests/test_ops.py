@@ -300,6 +300,24 @@ def test_batchnorm_forward_writes_into_out(shape, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_in_place_keeps_the_input_for_the_gradient(dtype, rng):
+    x = random_array(rng, (3, 4, 5, 6), dtype)
+    gamma = random_array(rng, (6,), dtype)
+    beta = random_array(rng, (6,), dtype)
+    dy = random_array(rng, x.shape, dtype)
+    _, cache = ops.batchnorm_forward(x, gamma, beta)
+    expected = ops.batchnorm_backward(dy, cache)
+    original = x.copy()
+
+    _, in_place_cache = ops.batchnorm_forward(x, gamma, beta, out=x)
+    grads = ops.batchnorm_backward(dy, in_place_cache)
+
+    assert_bitwise_equal(in_place_cache.x, original)
+    for actual, wanted in zip(grads, expected):
+        assert_bitwise_equal(actual, wanted)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(6, 3), (2, 4, 3, 5), (0, 3, 3, 2)], ids=str)
 def test_batchnorm_inference_matches_reference(shape, dtype, rng):
     x = random_array(rng, shape, dtype)
