@@ -40,6 +40,7 @@ def gemm_split_inner(
 def conv2d_forward_blocked(
     x: Floats,
     weights: Floats,
+    bias: Floats,
     out: Floats,
     slabs: Floats,
     kernel_h: int,

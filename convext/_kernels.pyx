@@ -274,7 +274,8 @@ def gemm_split_inner(
 def conv2d_forward_blocked(
     const floating[:, :, :, ::1] x,     # (N, H, W, C)
     const floating[:, ::1] weights,     # (KH * KW * C, F)
-    floating[:, :, :, ::1] out,         # (N, OH, OW, F), holding the bias on entry
+    const floating[::1] bias,           # (F,)
+    floating[:, :, :, ::1] out,         # (N, OH, OW, F) out
     floating[:, :, ::1] slabs,          # (T, B * OH * OW, KH * KW * C) scratch
     Py_ssize_t kernel_h,
     Py_ssize_t kernel_w,
@@ -284,11 +285,12 @@ def conv2d_forward_blocked(
     Py_ssize_t pad_left,
     Py_ssize_t block,
 ):
-    """out += im2col(x) @ weights, B = block samples at a time per thread.
+    """out = im2col(x) @ weights + bias, B = block samples at a time per thread.
 
     Each thread gathers the receptive fields of its B samples into its own slab,
-    small enough to stay in cache, and multiplies it straight away, so the
-    (N * OH * OW, KH * KW * C) matrix never goes through memory whole. The BLAS
+    small enough to stay in cache, writes the bias into their output rows and adds
+    the product straight away, so neither the (N * OH * OW, KH * KW * C) matrix nor
+    the output goes through memory more than once. The BLAS
     does the product even for few taps: for 28x28x1 images, 32 filters and batch
     64 it took 0.58 ms for the whole forward pass, the register-tiled loops that
     the weight gradient uses 0.65.
@@ -298,9 +300,10 @@ def conv2d_forward_blocked(
     cdef Py_ssize_t pixels = out_h * out_w
     cdef Py_ssize_t n_blocks = (n_batch + block - 1) // block
     cdef int n_threads = <int>slabs.shape[0]
-    cdef Py_ssize_t b, n, first, last
+    cdef Py_ssize_t b, n, first, last, row, f
     cdef int thread
     cdef floating *slab
+    cdef floating *out_rows
 
     for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule="static"):
         thread = convext_omp_thread_num()
@@ -311,6 +314,10 @@ def conv2d_forward_blocked(
             im2col_sample(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3],
                           slab + (n - first) * pixels * n_taps, kernel_h, kernel_w,
                           stride_h, stride_w, pad_top, pad_left, out_h, out_w)
+        out_rows = &out[first, 0, 0, 0]
+        for row in range((last - first) * pixels):
+            for f in range(n_filters):
+                out_rows[row * n_filters + f] = bias[f]
         gemm_block(False, False, <int>((last - first) * pixels), <int>n_filters,
                    <int>n_taps, slab, <int>n_taps, &weights[0, 0], <int>n_filters, 1,
                    &out[first, 0, 0, 0], <int>n_filters)
@@ -336,8 +343,12 @@ cdef void im2col_sample(
     cdef floating *row
     cdef const floating *src
 
-    # Copies are plain loops, not memcpy: a kernel row of one channel is 3 values,
-    # which a call to memcpy took longer to move than the loop does.
+    if channels == 1:
+        im2col_one_channel(x, height, width, cols, kernel_h, kernel_w, stride_h,
+                           stride_w, pad_top, pad_left, out_h, out_w)
+        return
+    # Copies are plain loops, not memcpy, which took longer to move a few values
+    # than the loop does.
     for oy in range(out_h):
         for ox in range(out_w):
             ix0 = ox * stride_w - pad_left
@@ -362,6 +373,56 @@ cdef void im2col_sample(
                             src = x + (iy * width + ix) * channels
                             for i in range(channels):
                                 row[kx * channels + i] = src[i]
+
+
+cdef void im2col_one_channel(
+    const floating *x,                  # (H, W) of one sample
+    Py_ssize_t height,
+    Py_ssize_t width,
+    floating *cols,                     # (OH * OW, KH * KW) of that sample
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+    Py_ssize_t out_h,
+    Py_ssize_t out_w,
+) noexcept nogil:
+    """im2col_sample for one input channel, tap by tap: for each output row and
+    tap, a strided run of outputs takes a contiguous run of one input row, with
+    zeros where the tap falls in the padding. Going pixel by pixel instead spent
+    most of the time on loops three values long: 0.4 of the 0.6 ms of the forward
+    pass of 64 28x28 images with 32 filters."""
+    cdef Py_ssize_t n_taps = kernel_h * kernel_w
+    cdef Py_ssize_t oy, ox, ky, kx, iy, first, last
+    cdef floating *column
+    cdef const floating *src
+
+    for oy in range(out_h):
+        for ky in range(kernel_h):
+            iy = oy * stride_h - pad_top + ky
+            for kx in range(kernel_w):
+                column = cols + oy * out_w * n_taps + ky * kernel_w + kx
+                first = last = out_w
+                if 0 <= iy < height:
+                    # ox in [first, last) reads ix = ox * SW - PL + kx inside [0, W)
+                    first = min(ceil_div(max(pad_left - kx, 0), stride_w), out_w)
+                    last = max(min(ceil_div(max(width + pad_left - kx, 0), stride_w),
+                                   out_w), first)
+                for ox in range(first):
+                    column[ox * n_taps] = 0
+                if last > first:
+                    src = x + iy * width + first * stride_w - pad_left + kx
+                    for ox in range(last - first):
+                        column[(first + ox) * n_taps] = src[ox * stride_w]
+                for ox in range(last, out_w):
+                    column[ox * n_taps] = 0
+
+
+cdef inline Py_ssize_t ceil_div(Py_ssize_t numerator, Py_ssize_t denominator) noexcept nogil:
+    """numerator / denominator rounded up, for numerator >= 0 and denominator > 0."""
+    return (numerator + denominator - 1) // denominator
 
 
 def conv2d_backward_blocked(

@@ -352,15 +352,17 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace):
     kernel_h, kernel_w, _, n_filters = weights.shape
     g = geometry
     out = workspace.get("out", (n, g.out_h, g.out_w, n_filters), x.dtype)
-    out[:] = 0 if bias is None else bias
     if n == 0:
         return out
+    if bias is None:
+        bias = workspace.get("zero_bias", (n_filters,), x.dtype)
+        bias[:] = 0
 
-    # (B * OH * OW, KH * KW * C) @ (KH * KW * C, F) per block of B samples, into
-    # the NHWC output itself
+    # (B * OH * OW, KH * KW * C) @ (KH * KW * C, F) + bias per block of B
+    # samples, into the NHWC output itself
     block, slabs = conv_blocks(g, x, weights, workspace, "slabs")
     _kernels.conv2d_forward_blocked(
-        x, weights.reshape(-1, n_filters), out, slabs, kernel_h, kernel_w,
+        x, weights.reshape(-1, n_filters), bias, out, slabs, kernel_h, kernel_w,
         g.stride_h, g.stride_w, g.pad_top, g.pad_left, block,
     )
     return out
