@@ -50,6 +50,8 @@ def conv2d_forward_blocked(
     pad_top: int,
     pad_left: int,
     block: int,
+    keep_cols: bool,
+    n_threads: int,
 ) -> None: ...
 def conv2d_backward_blocked(
     x: Floats,
@@ -68,6 +70,7 @@ def conv2d_backward_blocked(
     pad_left: int,
     block: int,
     few_taps: bool,
+    cols_kept: bool,
 ) -> None: ...
 def sum_rows(values: Floats, partial: NDArray[np.float64], out: Floats) -> None: ...
 def maxpool2d_forward(

@@ -170,14 +170,15 @@ class Conv2D(Layer):
     def forward(self, x, training):
         # x (N, H, W, C) -> (N, OH, OW, F)
         self._x = x
+        self._cols_kept = bool(training)
         return conv2d_forward_checked(x, self.params["weights"],
                                       self.params.get("bias"), self.geometry,
-                                      self.workspace)
+                                      self.workspace, keep_cols=training)
 
     def backward(self, dy):
         dx, dweights, dbias = conv2d_backward_checked(
             dy, self._x, self.params["weights"], self.geometry, self.workspace,
-            self.need_input_grad,
+            self.need_input_grad, cols_kept=self._cols_kept,
         )
         self.grads["weights"] = dweights
         if self.use_bias:

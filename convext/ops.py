@@ -37,6 +37,9 @@ class Workspace:
 
     def __init__(self):
         self._buffers = {}
+        # samples per block of the receptive fields kept in "cols" by the last
+        # convolution forward pass with keep_cols, None when none are kept
+        self.cols_block = None
 
     def get(self, name, shape, dtype):
         buffer = self._buffers.get(name)
@@ -323,35 +326,38 @@ CONV_BLOCK_BYTES = 2 << 20
 
 # Up to this many taps (KH * KW * C) the weight gradient of the blocked
 # convolution is summed by register-tiled loops (csrc/convext_lanes.h) instead of
-# the BLAS: 0.62 against 0.81 ms for 28x28x1 images, 32 filters, batch 64.
+# the BLAS (0.62 against 0.81 ms for 28x28x1 images, 32 filters, batch 64), and
+# training keeps the forward pass's gathered receptive fields for the backward.
 FEW_TAPS = 32
 
 
-def conv_blocks(geometry, x, weights, workspace, name):
-    """(samples per block, per-thread slabs) for the blocked convolution kernels."""
+def conv_blocks(geometry, x, weights, workspace):
+    """(samples per block, threads, per-thread slabs) for the blocked convolution
+    kernels."""
     n = x.shape[0]
     pixels = geometry.out_h * geometry.out_w
     taps = weights.shape[0] * weights.shape[1] * weights.shape[2]
     threads = threads_for(n * pixels * taps * weights.shape[3] // 8)
     per_sample = pixels * taps * x.itemsize
     block = max(1, min(-(-n // threads), CONV_BLOCK_BYTES // max(per_sample, 1)))
-    slabs = workspace.get(name, (threads, block * pixels, taps), x.dtype)
-    return block, slabs
+    slabs = workspace.get("slabs", (threads, block * pixels, taps), x.dtype)
+    return block, threads, slabs
 
 
-def conv2d_forward_checked(x, weights, bias, geometry, workspace):
+def conv2d_forward_checked(x, weights, bias, geometry, workspace, keep_cols=False):
     """conv2d_forward on arrays that have passed the checks.
 
     Each thread gathers the receptive fields of a block of samples (im2col) into
     a cache-sized slab and multiplies it by the weights with the BLAS right away.
-    One input channel takes the same path: at batch 64 on 28x28x1 images with 32
-    filters, im2col and the BLAS took 1.1 ms against 2.5 ms for a direct loop over
-    the 9 taps.
+    With keep_cols and few taps, every block keeps its slab in the workspace, for
+    conv2d_backward_checked with cols_kept: training's forward pass, whose
+    backward pass then gathers nothing again.
     """
     n, _, _, c = x.shape
     kernel_h, kernel_w, _, n_filters = weights.shape
     g = geometry
     out = workspace.get("out", (n, g.out_h, g.out_w, n_filters), x.dtype)
+    workspace.cols_block = None
     if n == 0:
         return out
     if bias is None:
@@ -360,16 +366,27 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace):
 
     # (B * OH * OW, KH * KW * C) @ (KH * KW * C, F) + bias per block of B
     # samples, into the NHWC output itself
-    block, slabs = conv_blocks(g, x, weights, workspace, "slabs")
+    block, threads, slabs = conv_blocks(g, x, weights, workspace)
+    # Kept only for few taps, where gathering costs much against the products:
+    # for 28x28x1 to 32 filters, batch 64, forward and backward took 0.9 ms with
+    # them kept against 1.05; for 14x14x32 to 64, keeping 14 MB of them that the
+    # per-thread slabs hold in cache cost 6.0 ms against 5.3.
+    keep_cols = keep_cols and slabs.shape[2] <= FEW_TAPS
+    if keep_cols:
+        slabs = workspace.get("cols", (-(-n // block), *slabs.shape[1:]), x.dtype)
+        workspace.cols_block = block
     _kernels.conv2d_forward_blocked(
         x, weights.reshape(-1, n_filters), bias, out, slabs, kernel_h, kernel_w,
-        g.stride_h, g.stride_w, g.pad_top, g.pad_left, block,
+        g.stride_h, g.stride_w, g.pad_top, g.pad_left, block, keep_cols, threads,
     )
     return out
 
 
-def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_grad):
-    """conv2d_backward on checked arrays, block by block as the forward pass."""
+def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_grad,
+                            cols_kept=False):
+    """conv2d_backward on checked arrays, block by block as the forward pass; with
+    cols_kept, x is the input of the last conv2d_forward_checked with keep_cols
+    on this workspace, whose gathered receptive fields are used again."""
     n, h, w, c = x.shape
     kernel_h, kernel_w, _, n_filters = weights.shape
     g = geometry
@@ -388,16 +405,19 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
     if n == 0:
         dweights[:] = 0
         return (dx if need_input_grad else None), dweights, dbias
-    block, slabs = conv_blocks(g, x, weights, workspace, "slabs")
+    block, threads, slabs = conv_blocks(g, x, weights, workspace)
     dcols_slabs = (workspace.get("dcols_slabs", slabs.shape, x.dtype)
                    if need_input_grad else slabs[:, :0])
+    # The kept slabs serve only if the thread count, and so the blocks, stayed.
+    cols_kept = cols_kept and workspace.cols_block == block
+    if cols_kept:
+        slabs = workspace.get("cols", (-(-n // block), *slabs.shape[1:]), x.dtype)
     taps = kernel_h * kernel_w * c
-    partial = workspace.get("dweights_partial", (slabs.shape[0], taps, n_filters),
-                            x.dtype)
+    partial = workspace.get("dweights_partial", (threads, taps, n_filters), x.dtype)
     _kernels.conv2d_backward_blocked(
         x, weights.reshape(-1, n_filters), dout, slabs, dcols_slabs, partial,
         dweights.reshape(-1, n_filters), dx, kernel_h, kernel_w, g.stride_h,
-        g.stride_w, g.pad_top, g.pad_left, block, taps <= FEW_TAPS,
+        g.stride_w, g.pad_top, g.pad_left, block, taps <= FEW_TAPS, cols_kept,
     )
     return (dx if need_input_grad else None), dweights, dbias
 

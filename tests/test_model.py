@@ -981,3 +981,51 @@ def test_stop_training_set_by_a_callback_stops_between_epochs():
     assert model.epochs_done == 1
     assert model.optimizer.iterations == 3
     assert model.stopped_at == (2, 0)
+
+
+# -- convolution layer: receptive fields kept from the forward pass ------------
+
+
+def conv_layer_case(channels, seed=3):
+    """A Conv2D on (12, 12, channels) inputs of batch 40 (several blocks), with
+    inputs and an output gradient."""
+    rng = np.random.default_rng(seed)
+    layer = Conv2D(32, 3, padding="same")
+    out_shape = layer.build((12, 12, channels), rng, np.float64)
+    x = rng.standard_normal((40, 12, 12, channels))
+    dy = rng.standard_normal((40, *out_shape))
+    return layer, x, dy
+
+
+def conv_layer_grads(layer, x, dy, training):
+    layer.forward(x, training)
+    dx = layer.backward(dy)
+    return [None if dx is None else dx.copy(), layer.grads["weights"].copy(),
+            layer.grads["bias"].copy()]
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_conv_training_gradients_equal_those_gathered_again(channels):
+    layer, x, dy = conv_layer_case(channels)
+    gathered = conv_layer_grads(layer, x, dy, training=False)
+
+    kept = conv_layer_grads(layer, x, dy, training=True)
+
+    for from_kept, again in zip(kept, gathered):
+        np.testing.assert_array_equal(from_kept, again)
+
+
+def test_conv_gradients_stay_right_when_threads_change_between_passes():
+    layer, x, dy = conv_layer_case(1)
+    convext.set_num_threads(2)
+    try:
+        expected = conv_layer_grads(layer, x, dy, training=True)
+        layer.forward(x, True)
+        convext.set_num_threads(1)
+        dx = layer.backward(dy)
+    finally:
+        convext.set_num_threads(None)
+
+    np.testing.assert_allclose(dx, expected[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["weights"], expected[1], rtol=1e-12,
+                               atol=1e-10)
