@@ -49,7 +49,7 @@ def conv2d_forward_blocked(
     stride_w: int,
     pad_top: int,
     pad_left: int,
-    block: int,
+    n_blocks: int,
     keep_cols: bool,
     n_threads: int,
 ) -> None: ...
@@ -68,7 +68,7 @@ def conv2d_backward_blocked(
     stride_w: int,
     pad_top: int,
     pad_left: int,
-    block: int,
+    n_blocks: int,
     few_taps: bool,
     cols_kept: bool,
 ) -> None: ...

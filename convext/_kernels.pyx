@@ -284,11 +284,12 @@ def conv2d_forward_blocked(
     Py_ssize_t stride_w,
     Py_ssize_t pad_top,
     Py_ssize_t pad_left,
-    Py_ssize_t block,
+    Py_ssize_t n_blocks,
     bint keep_cols,
     int n_threads,
 ):
-    """out = im2col(x) @ weights + bias, B = block samples at a time per thread.
+    """out = im2col(x) @ weights + bias, in n_blocks blocks of about B = N / n_blocks
+    samples, each thread a share of the blocks.
 
     Each thread gathers the receptive fields of its B samples into its own slab,
     small enough to stay in cache, writes the bias into their output rows and adds
@@ -303,15 +304,14 @@ def conv2d_forward_blocked(
     cdef Py_ssize_t n_batch = x.shape[0], out_h = out.shape[1], out_w = out.shape[2]
     cdef Py_ssize_t n_filters = out.shape[3], n_taps = weights.shape[0]
     cdef Py_ssize_t pixels = out_h * out_w
-    cdef Py_ssize_t n_blocks = (n_batch + block - 1) // block
     cdef Py_ssize_t b, n, first, last, row, f
     cdef floating *slab
     cdef floating *out_rows
 
     for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule="static"):
         slab = &slabs[b if keep_cols else convext_omp_thread_num(), 0, 0]
-        first = b * block
-        last = min(first + block, n_batch)
+        first = b * n_batch // n_blocks
+        last = (b + 1) * n_batch // n_blocks
         for n in range(first, last):
             im2col_sample(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3],
                           slab + (n - first) * pixels * n_taps, kernel_h, kernel_w,
@@ -443,11 +443,11 @@ def conv2d_backward_blocked(
     Py_ssize_t stride_w,
     Py_ssize_t pad_top,
     Py_ssize_t pad_left,
-    Py_ssize_t block,
+    Py_ssize_t n_blocks,
     bint few_taps,
     bint cols_kept,
 ):
-    """Weight and input gradients of conv2d_forward_blocked, B samples at a time.
+    """Weight and input gradients of conv2d_forward_blocked, block by block.
 
     Per block, a thread gathers the samples' receptive fields into its slab,
     adds slab^T @ dout into its own partial weight gradient, and, when dx is
@@ -459,7 +459,6 @@ def conv2d_backward_blocked(
     cdef Py_ssize_t n_batch = x.shape[0], out_h = dout.shape[1], out_w = dout.shape[2]
     cdef Py_ssize_t n_filters = dout.shape[3], n_taps = weights.shape[0]
     cdef Py_ssize_t pixels = out_h * out_w, n_threads = partial.shape[0]
-    cdef Py_ssize_t n_blocks = (n_batch + block - 1) // block
     cdef bint need_dx = dx.shape[0] > 0
     cdef Py_ssize_t b, n, first, last, t, i, j
     cdef int thread, rows
@@ -471,8 +470,8 @@ def conv2d_backward_blocked(
     for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule="static"):
         thread = convext_omp_thread_num()
         slab = &slabs[b if cols_kept else thread, 0, 0]
-        first = b * block
-        last = min(first + block, n_batch)
+        first = b * n_batch // n_blocks
+        last = (b + 1) * n_batch // n_blocks
         rows = <int>((last - first) * pixels)
         if not cols_kept:
             for n in range(first, last):

@@ -37,9 +37,9 @@ class Workspace:
 
     def __init__(self):
         self._buffers = {}
-        # samples per block of the receptive fields kept in "cols" by the last
+        # the number of blocks of the receptive fields kept in "cols" by the last
         # convolution forward pass with keep_cols, None when none are kept
-        self.cols_block = None
+        self.cols_blocks = None
 
     def get(self, name, shape, dtype):
         buffer = self._buffers.get(name)
@@ -332,16 +332,22 @@ FEW_TAPS = 32
 
 
 def conv_blocks(geometry, x, weights, workspace):
-    """(samples per block, threads, per-thread slabs) for the blocked convolution
-    kernels."""
+    """(blocks, threads, per-thread slabs) for the blocked convolution kernels.
+
+    The samples are split into blocks whose receptive fields fit a slab of
+    CONV_BLOCK_BYTES, as many blocks for every thread, and of sizes that differ by
+    at most one sample: with 64 samples and room for 9, blocks of 9 gave one
+    thread 36 samples and the other 28; 8 blocks of 8 give 32 each.
+    """
     n = x.shape[0]
     pixels = geometry.out_h * geometry.out_w
     taps = weights.shape[0] * weights.shape[1] * weights.shape[2]
     threads = threads_for(n * pixels * taps * weights.shape[3] // 8)
-    per_sample = pixels * taps * x.itemsize
-    block = max(1, min(-(-n // threads), CONV_BLOCK_BYTES // max(per_sample, 1)))
-    slabs = workspace.get("slabs", (threads, block * pixels, taps), x.dtype)
-    return block, threads, slabs
+    most = max(1, CONV_BLOCK_BYTES // max(pixels * taps * x.itemsize, 1))
+    n_blocks = threads * -(-n // (threads * most))
+    largest = -(-n // n_blocks)
+    slabs = workspace.get("slabs", (threads, largest * pixels, taps), x.dtype)
+    return n_blocks, threads, slabs
 
 
 def conv2d_forward_checked(x, weights, bias, geometry, workspace, keep_cols=False):
@@ -357,7 +363,7 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace, keep_cols=Fals
     kernel_h, kernel_w, _, n_filters = weights.shape
     g = geometry
     out = workspace.get("out", (n, g.out_h, g.out_w, n_filters), x.dtype)
-    workspace.cols_block = None
+    workspace.cols_blocks = None
     if n == 0:
         return out
     if bias is None:
@@ -366,18 +372,18 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace, keep_cols=Fals
 
     # (B * OH * OW, KH * KW * C) @ (KH * KW * C, F) + bias per block of B
     # samples, into the NHWC output itself
-    block, threads, slabs = conv_blocks(g, x, weights, workspace)
+    n_blocks, threads, slabs = conv_blocks(g, x, weights, workspace)
     # Kept only for few taps, where gathering costs much against the products:
     # for 28x28x1 to 32 filters, batch 64, forward and backward took 0.9 ms with
     # them kept against 1.05; for 14x14x32 to 64, keeping 14 MB of them that the
     # per-thread slabs hold in cache cost 6.0 ms against 5.3.
     keep_cols = keep_cols and slabs.shape[2] <= FEW_TAPS
     if keep_cols:
-        slabs = workspace.get("cols", (-(-n // block), *slabs.shape[1:]), x.dtype)
-        workspace.cols_block = block
+        slabs = workspace.get("cols", (n_blocks, *slabs.shape[1:]), x.dtype)
+        workspace.cols_blocks = n_blocks
     _kernels.conv2d_forward_blocked(
         x, weights.reshape(-1, n_filters), bias, out, slabs, kernel_h, kernel_w,
-        g.stride_h, g.stride_w, g.pad_top, g.pad_left, block, keep_cols, threads,
+        g.stride_h, g.stride_w, g.pad_top, g.pad_left, n_blocks, keep_cols, threads,
     )
     return out
 
@@ -405,19 +411,19 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
     if n == 0:
         dweights[:] = 0
         return (dx if need_input_grad else None), dweights, dbias
-    block, threads, slabs = conv_blocks(g, x, weights, workspace)
+    n_blocks, threads, slabs = conv_blocks(g, x, weights, workspace)
     dcols_slabs = (workspace.get("dcols_slabs", slabs.shape, x.dtype)
                    if need_input_grad else slabs[:, :0])
     # The kept slabs serve only if the thread count, and so the blocks, stayed.
-    cols_kept = cols_kept and workspace.cols_block == block
+    cols_kept = cols_kept and workspace.cols_blocks == n_blocks
     if cols_kept:
-        slabs = workspace.get("cols", (-(-n // block), *slabs.shape[1:]), x.dtype)
+        slabs = workspace.get("cols", (n_blocks, *slabs.shape[1:]), x.dtype)
     taps = kernel_h * kernel_w * c
     partial = workspace.get("dweights_partial", (threads, taps, n_filters), x.dtype)
     _kernels.conv2d_backward_blocked(
         x, weights.reshape(-1, n_filters), dout, slabs, dcols_slabs, partial,
         dweights.reshape(-1, n_filters), dx, kernel_h, kernel_w, g.stride_h,
-        g.stride_w, g.pad_top, g.pad_left, block, taps <= FEW_TAPS, cols_kept,
+        g.stride_w, g.pad_top, g.pad_left, n_blocks, taps <= FEW_TAPS, cols_kept,
     )
     return (dx if need_input_grad else None), dweights, dbias
 
