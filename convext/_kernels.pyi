@@ -60,7 +60,9 @@ def conv2d_backward_blocked(
     slabs: Floats,
     dcols_slabs: Floats,
     partial: Floats,
+    bias_partial: NDArray[np.float64],
     dweights: Floats,
+    dbias: Floats,
     dx: Floats,
     kernel_h: int,
     kernel_w: int,
@@ -72,7 +74,6 @@ def conv2d_backward_blocked(
     few_taps: bool,
     cols_kept: bool,
 ) -> None: ...
-def sum_rows(values: Floats, partial: NDArray[np.float64], out: Floats) -> None: ...
 def maxpool2d_forward(
     x: Floats,
     out: Floats,

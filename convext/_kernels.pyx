@@ -26,15 +26,17 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 cdef extern from "convext_lanes.h" nogil:
     void convext_short_gemm_tn_f(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t n_long,
                                  const float *a, Py_ssize_t lda, const float *b,
-                                 Py_ssize_t ldb, float *c, Py_ssize_t ldc)
+                                 Py_ssize_t ldb, float *c, Py_ssize_t ldc,
+                                 double *col_sums)
     void convext_short_gemm_tn_d(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t n_long,
                                  const double *a, Py_ssize_t lda, const double *b,
-                                 Py_ssize_t ldb, double *c, Py_ssize_t ldc)
+                                 Py_ssize_t ldb, double *c, Py_ssize_t ldc,
+                                 double *col_sums)
 
-    void convext_column_sums_f(const float *values, Py_ssize_t rows, Py_ssize_t cols,
-                               double *sums)
-    void convext_column_sums_d(const double *values, Py_ssize_t rows, Py_ssize_t cols,
-                               double *sums)
+    void convext_add_column_sums_f(const float *values, Py_ssize_t rows,
+                                   Py_ssize_t cols, Py_ssize_t ld, double *sums)
+    void convext_add_column_sums_d(const double *values, Py_ssize_t rows,
+                                   Py_ssize_t cols, Py_ssize_t ld, double *sums)
 
 cdef extern from "convext_batchnorm.h" nogil:
     void convext_shifted_sums_f(const float *x, Py_ssize_t rows, Py_ssize_t cols,
@@ -170,18 +172,25 @@ cdef inline void add_product_tn(
     const floating *a,                  # (inner, rows)
     const floating *b,                  # (inner, cols)
     floating *c,                        # (rows, cols), added to
+    double *col_sums,                   # (cols,), added to: the column sums of b
     bint few_rows,
 ) noexcept nogil:
-    """c += a^T @ b on contiguous matrices: with the register-tiled loops of
-    convext_lanes.h when few_rows (a weight gradient with few taps), else the
-    BLAS, which packs its operands for a reuse that 9 or 27 rows do not offer."""
+    """c += a^T @ b and col_sums += b summed over its rows, on contiguous
+    matrices: with the register-tiled loops of convext_lanes.h when few_rows (a
+    weight gradient with few taps), which sum b while its rows are in cache,
+    else the BLAS, which packs its operands for a reuse that 9 or 27 rows do not
+    offer, and the column sums after it."""
     if not few_rows:
         gemm_block(True, False, <int>rows, <int>cols, <int>inner, a, <int>rows, b,
                    <int>cols, 1, c, <int>cols)
+        if floating is float:
+            convext_add_column_sums_f(b, inner, cols, cols, col_sums)
+        else:
+            convext_add_column_sums_d(b, inner, cols, cols, col_sums)
     elif floating is float:
-        convext_short_gemm_tn_f(rows, cols, inner, a, rows, b, cols, c, cols)
+        convext_short_gemm_tn_f(rows, cols, inner, a, rows, b, cols, c, cols, col_sums)
     else:
-        convext_short_gemm_tn_d(rows, cols, inner, a, rows, b, cols, c, cols)
+        convext_short_gemm_tn_d(rows, cols, inner, a, rows, b, cols, c, cols, col_sums)
 
 
 def gemm(
@@ -435,7 +444,9 @@ def conv2d_backward_blocked(
                                         # (N / B, ...) the forward's when cols_kept
     floating[:, :, ::1] dcols_slabs,    # (T, B * OH * OW, KH * KW * C) scratch
     floating[:, :, ::1] partial,        # (T, KH * KW * C, F) scratch
+    double[:, ::1] bias_partial,        # (T, F) scratch
     floating[:, ::1] dweights,          # (KH * KW * C, F), overwritten
+    floating[::1] dbias,                # (F,), overwritten
     floating[:, :, :, ::1] dx,          # (N, H, W, C) overwritten, or (0, 0, 0, 0)
     Py_ssize_t kernel_h,
     Py_ssize_t kernel_w,
@@ -447,12 +458,13 @@ def conv2d_backward_blocked(
     bint few_taps,
     bint cols_kept,
 ):
-    """Weight and input gradients of conv2d_forward_blocked, block by block.
+    """Weight, bias and input gradients of conv2d_forward_blocked, block by block.
 
     Per block, a thread gathers the samples' receptive fields into its slab,
-    adds slab^T @ dout into its own partial weight gradient, and, when dx is
+    adds slab^T @ dout into its own partial weight gradient and the column sums
+    of dout into its own partial bias gradient (in double), and, when dx is
     wanted, multiplies dout by the weights into a second slab and scatters that
-    onto dx; the partial weight gradients are then added in thread order. With
+    onto dx; the partial gradients are then added in thread order. With
     few_taps the weight gradient uses the loops for a short side instead of the BLAS;
     with cols_kept the slabs are the forward pass's, one per block, already filled.
     """
@@ -465,8 +477,11 @@ def conv2d_backward_blocked(
     cdef floating *slab
     cdef floating *dslab
 
+    cdef double bias_total
+
     for t in range(n_threads):
         memset(&partial[t, 0, 0], 0, n_taps * n_filters * sizeof(floating))
+        memset(&bias_partial[t, 0], 0, n_filters * sizeof(double))
     for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule="static"):
         thread = convext_omp_thread_num()
         slab = &slabs[b if cols_kept else thread, 0, 0]
@@ -478,9 +493,10 @@ def conv2d_backward_blocked(
                 im2col_sample(&x[n, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3],
                               slab + (n - first) * pixels * n_taps, kernel_h, kernel_w,
                               stride_h, stride_w, pad_top, pad_left, out_h, out_w)
-        # weight gradient: (KH * KW * C, rows) @ (rows, F), added to this thread's
+        # weight gradient: (KH * KW * C, rows) @ (rows, F), and bias gradient:
+        # (F,) column sums of (rows, F), added to this thread's
         add_product_tn(n_taps, n_filters, rows, slab, &dout[first, 0, 0, 0],
-                       &partial[thread, 0, 0], few_taps)
+                       &partial[thread, 0, 0], &bias_partial[thread, 0], few_taps)
         if need_dx:
             # input gradient: (rows, F) @ (F, KH * KW * C), scattered onto dx
             dslab = &dcols_slabs[thread, 0, 0]
@@ -498,6 +514,11 @@ def conv2d_backward_blocked(
         for t in range(1, n_threads):
             for j in range(n_filters):
                 dweights[i, j] += partial[t, i, j]
+    for j in range(n_filters):
+        bias_total = 0.0
+        for t in range(n_threads):
+            bias_total = bias_total + bias_partial[t, j]
+        dbias[j] = <floating>bias_total
 
 
 cdef void col2im_sample(
@@ -536,34 +557,6 @@ cdef void col2im_sample(
                                 + (ky * kernel_w + kx) * channels)
                     for c in range(channels):
                         dx_px[c] = dx_px[c] + dcols_px[c]
-
-
-def sum_rows(
-    const floating[:, ::1] values,      # (M, F)
-    double[:, ::1] partial,             # (T, F) scratch
-    floating[::1] out,                  # (F,), overwritten
-):
-    """Column sums of a 2-D array (the bias gradient), split over T threads."""
-    cdef Py_ssize_t n_rows = values.shape[0], n_cols = values.shape[1]
-    cdef Py_ssize_t n_chunks = partial.shape[0]
-    cdef Py_ssize_t t, j, first, count
-    cdef double total
-
-    for t in prange(n_chunks, nogil=True, num_threads=n_chunks, schedule="static"):
-        first = t * n_rows // n_chunks
-        count = (t + 1) * n_rows // n_chunks - first
-        if count == 0 or n_cols == 0:
-            memset(&partial[t, 0], 0, n_cols * sizeof(double))
-        elif floating is float:
-            convext_column_sums_f(&values[first, 0], count, n_cols, &partial[t, 0])
-        else:
-            convext_column_sums_d(&values[first, 0], count, n_cols, &partial[t, 0])
-
-    for j in range(n_cols):
-        total = 0.0
-        for t in range(n_chunks):
-            total = total + partial[t, j]
-        out[j] = <floating>total
 
 
 # ---------------------------------------------------------------------------

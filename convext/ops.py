@@ -396,20 +396,17 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
     n, h, w, c = x.shape
     kernel_h, kernel_w, _, n_filters = weights.shape
     g = geometry
-    dout_2d = dout.reshape(-1, n_filters)                     # (N * OH * OW, F)
 
-    # bias gradient: column sums of dout
-    dbias = np.empty(n_filters, dtype=x.dtype)
-    chunks = max(1, min(threads_for(dout.size), dout.shape[0]))
-    _kernels.sum_rows(dout_2d, np.empty((chunks, n_filters)), dbias)
-
-    # weight gradient, im2col(x)^T @ dout summed over the blocks, and input
-    # gradient, dout @ weights^T scattered back by col2im, block by block
+    # weight gradient, im2col(x)^T @ dout summed over the blocks, bias gradient,
+    # the column sums of dout, and input gradient, dout @ weights^T scattered back
+    # by col2im, block by block
     dweights = np.empty(weights.shape, dtype=x.dtype)
+    dbias = np.empty(n_filters, dtype=x.dtype)
     dx = workspace.get("dx", (n, h, w, c) if need_input_grad else (0, 0, 0, 0),
                        x.dtype)
     if n == 0:
         dweights[:] = 0
+        dbias[:] = 0
         return (dx if need_input_grad else None), dweights, dbias
     n_blocks, threads, slabs = conv_blocks(g, x, weights, workspace)
     dcols_slabs = (workspace.get("dcols_slabs", slabs.shape, x.dtype)
@@ -420,9 +417,10 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
         slabs = workspace.get("cols", (n_blocks, *slabs.shape[1:]), x.dtype)
     taps = kernel_h * kernel_w * c
     partial = workspace.get("dweights_partial", (threads, taps, n_filters), x.dtype)
+    bias_partial = workspace.get("dbias_partial", (threads, n_filters), np.float64)
     _kernels.conv2d_backward_blocked(
         x, weights.reshape(-1, n_filters), dout, slabs, dcols_slabs, partial,
-        dweights.reshape(-1, n_filters), dx, kernel_h, kernel_w, g.stride_h,
+        bias_partial, dweights.reshape(-1, n_filters), dbias, dx, kernel_h, kernel_w, g.stride_h,
         g.stride_w, g.pad_top, g.pad_left, n_blocks, taps <= FEW_TAPS, cols_kept,
     )
     return (dx if need_input_grad else None), dweights, dbias

@@ -453,15 +453,19 @@ def test_conv2d_parameter_grads_match_reference(channels, filters, dtype, rng):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_conv2d_few_taps_weight_grad_equals_blas_path(channels, rng, monkeypatch):
-    x, weights, _, out = conv_case(rng, Geometry(7, 7, 3, 3, 2, 1), 4, channels, 40,
-                                   np.float64)
+    # 12 samples of 16 output pixels: 192 rows, more than one chunk of the tiled
+    # loops, which sum the bias gradient chunk by chunk beside the weights'.
+    x, weights, _, out = conv_case(rng, Geometry(7, 7, 3, 3, 2, 1), 12, channels,
+                                   40, np.float64)
     out_grad = random_array(rng, out.shape)
-    _, tiled, _ = ops.conv2d_backward(out_grad, x, weights, 2, 1)
+    _, tiled, tiled_bias = ops.conv2d_backward(out_grad, x, weights, 2, 1)
     monkeypatch.setattr(ops, "FEW_TAPS", 0)
 
-    _, from_blas, _ = ops.conv2d_backward(out_grad, x, weights, 2, 1)
+    _, from_blas, blas_bias = ops.conv2d_backward(out_grad, x, weights, 2, 1)
 
     np.testing.assert_allclose(tiled, from_blas, rtol=1e-13, atol=1e-13)
+    # Both add each column's terms in row order, in double.
+    assert_bitwise_equal(tiled_bias, blas_bias)
 
 
 @pytest.mark.parametrize("pad", PADS, ids=str)
