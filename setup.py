@@ -159,7 +159,7 @@ extensions = [
         include_dirs=[np.get_include(), "csrc"],
         define_macros=build_macros(),
         depends=["csrc/convext_omp.h", "csrc/convext_lanes.h",
-                 "csrc/convext_batchnorm.h"],
+                 "csrc/convext_batchnorm.h", "csrc/convext_direct.h"],
     ),
 ]
 

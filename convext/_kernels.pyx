@@ -38,6 +38,30 @@ cdef extern from "convext_lanes.h" nogil:
     void convext_add_column_sums_d(const double *values, Py_ssize_t rows,
                                    Py_ssize_t cols, Py_ssize_t ld, double *sums)
 
+cdef extern from "convext_direct.h" nogil:
+    void convext_direct_forward_f(const float *x, Py_ssize_t padded_w, Py_ssize_t c_in,
+                                  const float *w, Py_ssize_t f, const float *start,
+                                  float *out, Py_ssize_t out_h, Py_ssize_t out_w,
+                                  Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                                  Py_ssize_t stride_h, Py_ssize_t stride_w)
+    void convext_direct_forward_d(const double *x, Py_ssize_t padded_w, Py_ssize_t c_in,
+                                  const double *w, Py_ssize_t f, const double *start,
+                                  double *out, Py_ssize_t out_h, Py_ssize_t out_w,
+                                  Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                                  Py_ssize_t stride_h, Py_ssize_t stride_w)
+    void convext_direct_weight_grad_f(const float *x, Py_ssize_t padded_w,
+                                      Py_ssize_t c_in, const float *dout, Py_ssize_t f,
+                                      float *dw, Py_ssize_t out_h, Py_ssize_t out_w,
+                                      Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                                      Py_ssize_t stride_h, Py_ssize_t stride_w)
+    void convext_direct_weight_grad_d(const double *x, Py_ssize_t padded_w,
+                                      Py_ssize_t c_in, const double *dout, Py_ssize_t f,
+                                      double *dw, Py_ssize_t out_h, Py_ssize_t out_w,
+                                      Py_ssize_t kernel_h, Py_ssize_t kernel_w,
+                                      Py_ssize_t stride_h, Py_ssize_t stride_w)
+    Py_ssize_t convext_direct_lanes_f()
+    Py_ssize_t convext_direct_lanes_d()
+
 cdef extern from "convext_batchnorm.h" nogil:
     void convext_shifted_sums_f(const float *x, Py_ssize_t rows, Py_ssize_t cols,
                                 double *shift, double *sums, double *squares)
@@ -472,12 +496,10 @@ def conv2d_backward_blocked(
     cdef Py_ssize_t n_filters = dout.shape[3], n_taps = weights.shape[0]
     cdef Py_ssize_t pixels = out_h * out_w, n_threads = partial.shape[0]
     cdef bint need_dx = dx.shape[0] > 0
-    cdef Py_ssize_t b, n, first, last, t, i, j
+    cdef Py_ssize_t b, n, first, last, t
     cdef int thread, rows
     cdef floating *slab
     cdef floating *dslab
-
-    cdef double bias_total
 
     for t in range(n_threads):
         memset(&partial[t, 0, 0], 0, n_taps * n_filters * sizeof(floating))
@@ -508,17 +530,7 @@ def conv2d_backward_blocked(
                               dx.shape[1], dx.shape[2], dx.shape[3], kernel_h, kernel_w,
                               stride_h, stride_w, pad_top, pad_left, out_h, out_w)
 
-    for i in range(n_taps):
-        for j in range(n_filters):
-            dweights[i, j] = partial[0, i, j]
-        for t in range(1, n_threads):
-            for j in range(n_filters):
-                dweights[i, j] += partial[t, i, j]
-    for j in range(n_filters):
-        bias_total = 0.0
-        for t in range(n_threads):
-            bias_total = bias_total + bias_partial[t, j]
-        dbias[j] = <floating>bias_total
+    sum_partials(partial, bias_partial, dweights, dbias)
 
 
 cdef void col2im_sample(
@@ -557,6 +569,185 @@ cdef void col2im_sample(
                                 + (ky * kernel_w + kx) * channels)
                     for c in range(channels):
                         dx_px[c] = dx_px[c] + dcols_px[c]
+
+
+# ---------------------------------------------------------------------------
+# Direct convolution: each sample zero-padded into a per-thread buffer and
+# convolved where it lies, with register-tiled loops (csrc/convext_direct.h)
+
+def direct_filter_multiple(bint double_precision):
+    """Filters and channels the direct convolution needs a multiple of: the
+    filters of one register tile, two vectors."""
+    return convext_direct_lanes_d() if double_precision else convext_direct_lanes_f()
+
+
+cdef inline void pad_sample(
+    const floating *x,                  # (H, W, C) of one sample
+    Py_ssize_t height,
+    Py_ssize_t width,
+    Py_ssize_t channels,
+    floating *padded,                   # (HP, WP, C), its border already zero
+    Py_ssize_t padded_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+) noexcept nogil:
+    cdef Py_ssize_t y
+    cdef size_t row_bytes = width * channels * sizeof(floating)
+
+    for y in range(height):
+        memcpy(padded + ((y + pad_top) * padded_w + pad_left) * channels,
+               x + y * width * channels, row_bytes)
+
+
+cdef void zero_buffer(floating[:, :, :, ::1] buffer) noexcept nogil:
+    if buffer.shape[0] > 0:
+        memset(&buffer[0, 0, 0, 0], 0, buffer.shape[0] * buffer.shape[1]
+               * buffer.shape[2] * buffer.shape[3] * sizeof(floating))
+
+
+def conv2d_forward_direct(
+    const floating[:, :, :, ::1] x,     # (N, H, W, C)
+    const floating[:, ::1] weights,     # (KH * KW * C, F), F a multiple of the tile
+    const floating[::1] bias,           # (F,)
+    floating[:, :, :, ::1] out,         # (N, OH, OW, F) out
+    floating[:, :, :, ::1] padded,      # (T, H + PT + PB, W + PL + PR, C) scratch
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+):
+    """out = the convolution of x with weights, plus bias, sample by sample: each
+    of the T threads pads its samples into its own buffer and convolves them there."""
+    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1], width = x.shape[2]
+    cdef Py_ssize_t channels = x.shape[3], n_filters = out.shape[3]
+    cdef Py_ssize_t out_h = out.shape[1], out_w = out.shape[2]
+    cdef Py_ssize_t padded_w = padded.shape[2]
+    cdef int n_threads = <int>padded.shape[0]
+    cdef Py_ssize_t n
+    cdef floating *sample
+
+    with nogil:
+        zero_buffer(padded)
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        sample = &padded[convext_omp_thread_num(), 0, 0, 0]
+        pad_sample(&x[n, 0, 0, 0], height, width, channels, sample, padded_w, pad_top,
+                   pad_left)
+        if floating is float:
+            convext_direct_forward_f(sample, padded_w, channels, &weights[0, 0],
+                                     n_filters, &bias[0], &out[n, 0, 0, 0], out_h, out_w,
+                                     kernel_h, kernel_w, stride_h, stride_w)
+        else:
+            convext_direct_forward_d(sample, padded_w, channels, &weights[0, 0],
+                                     n_filters, &bias[0], &out[n, 0, 0, 0], out_h, out_w,
+                                     kernel_h, kernel_w, stride_h, stride_w)
+
+
+def conv2d_backward_direct(
+    const floating[:, :, :, ::1] x,     # (N, H, W, C)
+    const floating[:, ::1] flipped,     # (KH * KW * F, C): the weights turned by 180
+                                        # degrees, channel axes swapped
+    const floating[:, :, :, ::1] dout,  # (N, OH, OW, F)
+    floating[:, :, :, ::1] padded,      # (T, H + PT + PB, W + PL + PR, C) scratch
+    floating[:, :, :, ::1] padded_dout, # (T, H + KH - 1, W + KW - 1, F) scratch, or
+                                        # (0, 0, 0, 0) without dx
+    const floating[::1] zeros,          # (C,) zeros
+    floating[:, :, ::1] partial,        # (T, KH * KW * C, F) scratch
+    double[:, ::1] bias_partial,        # (T, F) scratch
+    floating[:, ::1] dweights,          # (KH * KW * C, F), overwritten
+    floating[::1] dbias,                # (F,), overwritten
+    floating[:, :, :, ::1] dx,          # (N, H, W, C) overwritten, or (0, 0, 0, 0)
+    Py_ssize_t kernel_h,
+    Py_ssize_t kernel_w,
+    Py_ssize_t stride_h,
+    Py_ssize_t stride_w,
+    Py_ssize_t pad_top,
+    Py_ssize_t pad_left,
+):
+    """Weight, bias and input gradients of conv2d_forward_direct, sample by sample.
+
+    Each thread pads its samples into its own buffer, adds their weight gradient
+    into its own partial sum and the column sums of dout into its partial bias
+    gradient (in double); the partial sums are then added in thread order. The
+    input gradient, which needs stride 1 and padding smaller than the kernel, is
+    the convolution of dout, padded by KH - 1 - PT rows above and KW - 1 - PL
+    columns left, with the flipped weights.
+    """
+    cdef Py_ssize_t n_batch = x.shape[0], height = x.shape[1], width = x.shape[2]
+    cdef Py_ssize_t channels = x.shape[3], n_filters = dout.shape[3]
+    cdef Py_ssize_t out_h = dout.shape[1], out_w = dout.shape[2]
+    cdef Py_ssize_t padded_w = padded.shape[2], padded_dout_w = padded_dout.shape[2]
+    cdef Py_ssize_t n_taps = dweights.shape[0]
+    cdef int n_threads = <int>padded.shape[0]
+    cdef bint need_dx = dx.shape[0] > 0
+    cdef Py_ssize_t n, t
+    cdef int thread
+    cdef floating *sample
+
+    with nogil:
+        zero_buffer(padded)
+        zero_buffer(padded_dout)
+        for t in range(n_threads):
+            memset(&partial[t, 0, 0], 0, n_taps * n_filters * sizeof(floating))
+            memset(&bias_partial[t, 0], 0, n_filters * sizeof(double))
+    for n in prange(n_batch, nogil=True, num_threads=n_threads, schedule="static"):
+        thread = convext_omp_thread_num()
+        sample = &padded[thread, 0, 0, 0]
+        pad_sample(&x[n, 0, 0, 0], height, width, channels, sample, padded_w, pad_top,
+                   pad_left)
+        if floating is float:
+            convext_direct_weight_grad_f(sample, padded_w, channels, &dout[n, 0, 0, 0],
+                                         n_filters, &partial[thread, 0, 0], out_h, out_w,
+                                         kernel_h, kernel_w, stride_h, stride_w)
+            convext_add_column_sums_f(&dout[n, 0, 0, 0], out_h * out_w, n_filters,
+                                      n_filters, &bias_partial[thread, 0])
+        else:
+            convext_direct_weight_grad_d(sample, padded_w, channels, &dout[n, 0, 0, 0],
+                                         n_filters, &partial[thread, 0, 0], out_h, out_w,
+                                         kernel_h, kernel_w, stride_h, stride_w)
+            convext_add_column_sums_d(&dout[n, 0, 0, 0], out_h * out_w, n_filters,
+                                      n_filters, &bias_partial[thread, 0])
+        if need_dx:
+            sample = &padded_dout[thread, 0, 0, 0]
+            pad_sample(&dout[n, 0, 0, 0], out_h, out_w, n_filters, sample,
+                       padded_dout_w, kernel_h - 1 - pad_top, kernel_w - 1 - pad_left)
+            if floating is float:
+                convext_direct_forward_f(sample, padded_dout_w, n_filters,
+                                         &flipped[0, 0], channels, &zeros[0],
+                                         &dx[n, 0, 0, 0], height, width, kernel_h,
+                                         kernel_w, 1, 1)
+            else:
+                convext_direct_forward_d(sample, padded_dout_w, n_filters,
+                                         &flipped[0, 0], channels, &zeros[0],
+                                         &dx[n, 0, 0, 0], height, width, kernel_h,
+                                         kernel_w, 1, 1)
+
+    sum_partials(partial, bias_partial, dweights, dbias)
+
+
+cdef void sum_partials(
+    floating[:, :, ::1] partial,        # (T, KH * KW * C, F)
+    double[:, ::1] bias_partial,        # (T, F)
+    floating[:, ::1] dweights,          # (KH * KW * C, F), overwritten
+    floating[::1] dbias,                # (F,), overwritten
+) noexcept nogil:
+    """The threads' partial weight and bias gradients, added in thread order."""
+    cdef Py_ssize_t n_threads = partial.shape[0], n_taps = partial.shape[1]
+    cdef Py_ssize_t n_filters = partial.shape[2], t, i, j
+    cdef double bias_total
+
+    for i in range(n_taps):
+        for j in range(n_filters):
+            dweights[i, j] = partial[0, i, j]
+        for t in range(1, n_threads):
+            for j in range(n_filters):
+                dweights[i, j] += partial[t, i, j]
+    for j in range(n_filters):
+        bias_total = 0.0
+        for t in range(n_threads):
+            bias_total = bias_total + bias_partial[t, j]
+        dbias[j] = <floating>bias_total
 
 
 # ---------------------------------------------------------------------------

@@ -331,6 +331,42 @@ CONV_BLOCK_BYTES = 2 << 20
 FEW_TAPS = 32
 
 
+def _conv_threads(geometry, x, weights):
+    """Threads for a convolution of x: all of them unless the work is small, and
+    no more than there are samples."""
+    n = x.shape[0]
+    work = n * geometry.out_h * geometry.out_w * weights[..., 0].size * weights.shape[3]
+    return min(threads_for(work // 8), max(n, 1))
+
+
+def direct_conv(geometry, weights, dtype, need_input_grad=False):
+    """Whether the direct kernels (csrc/convext_direct.h) serve this convolution.
+
+    They need the filters in whole register tiles, and for the input gradient stride
+    1, the input channels in whole tiles too and padding smaller than the kernel.
+    Layers with few taps keep the blocked im2col kernels, whose weight gradient
+    has loops made for a short side.
+    """
+    kernel_h, kernel_w, channels, n_filters = weights.shape
+    multiple = _kernels.direct_filter_multiple(dtype == np.float64)
+    if kernel_h * kernel_w * channels <= FEW_TAPS or n_filters % multiple:
+        return False
+    if not need_input_grad:
+        return True
+    g = geometry
+    return (g.stride_h == g.stride_w == 1 and channels % multiple == 0
+            and max(g.pad_top, g.pad_bottom) < kernel_h
+            and max(g.pad_left, g.pad_right) < kernel_w)
+
+
+def _padded_buffer(workspace, name, threads, x_shape, geometry, dtype):
+    """(T, H + PT + PB, W + PL + PR, C): a zero-padded sample per thread."""
+    _, h, w, c = x_shape
+    g = geometry
+    shape = (threads, h + g.pad_top + g.pad_bottom, w + g.pad_left + g.pad_right, c)
+    return workspace.get(name, shape, dtype)
+
+
 def conv_blocks(geometry, x, weights, workspace):
     """(blocks, threads, per-thread slabs) for the blocked convolution kernels.
 
@@ -342,7 +378,7 @@ def conv_blocks(geometry, x, weights, workspace):
     n = x.shape[0]
     pixels = geometry.out_h * geometry.out_w
     taps = weights.shape[0] * weights.shape[1] * weights.shape[2]
-    threads = threads_for(n * pixels * taps * weights.shape[3] // 8)
+    threads = _conv_threads(geometry, x, weights)
     most = max(1, CONV_BLOCK_BYTES // max(pixels * taps * x.itemsize, 1))
     n_blocks = threads * -(-n // (threads * most))
     largest = -(-n // n_blocks)
@@ -369,6 +405,16 @@ def conv2d_forward_checked(x, weights, bias, geometry, workspace, keep_cols=Fals
     if bias is None:
         bias = workspace.get("zero_bias", (n_filters,), x.dtype)
         bias[:] = 0
+
+    if direct_conv(g, weights, x.dtype):
+        # each thread's samples, zero-padded one by one into its buffer, convolved
+        padded = _padded_buffer(workspace, "padded", _conv_threads(g, x, weights),
+                                x.shape, g, x.dtype)
+        _kernels.conv2d_forward_direct(
+            x, weights.reshape(-1, n_filters), bias, out, padded, kernel_h, kernel_w,
+            g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+        )
+        return out
 
     # (B * OH * OW, KH * KW * C) @ (KH * KW * C, F) + bias per block of B
     # samples, into the NHWC output itself
@@ -408,6 +454,11 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
         dweights[:] = 0
         dbias[:] = 0
         return (dx if need_input_grad else None), dweights, dbias
+    taps = kernel_h * kernel_w * c
+    if direct_conv(g, weights, x.dtype, need_input_grad):
+        _conv2d_backward_direct(dout, x, weights, g, workspace, dweights, dbias, dx)
+        return (dx if need_input_grad else None), dweights, dbias
+
     n_blocks, threads, slabs = conv_blocks(g, x, weights, workspace)
     dcols_slabs = (workspace.get("dcols_slabs", slabs.shape, x.dtype)
                    if need_input_grad else slabs[:, :0])
@@ -415,7 +466,6 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
     cols_kept = cols_kept and workspace.cols_blocks == n_blocks
     if cols_kept:
         slabs = workspace.get("cols", (n_blocks, *slabs.shape[1:]), x.dtype)
-    taps = kernel_h * kernel_w * c
     partial = workspace.get("dweights_partial", (threads, taps, n_filters), x.dtype)
     bias_partial = workspace.get("dbias_partial", (threads, n_filters), np.float64)
     _kernels.conv2d_backward_blocked(
@@ -424,6 +474,38 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
         g.stride_w, g.pad_top, g.pad_left, n_blocks, taps <= FEW_TAPS, cols_kept,
     )
     return (dx if need_input_grad else None), dweights, dbias
+
+
+def _conv2d_backward_direct(dout, x, weights, geometry, workspace, dweights, dbias,
+                            dx):
+    """The direct kernels' gradients into dweights, dbias and dx, which is
+    (0, 0, 0, 0) when the input gradient is not wanted."""
+    n, h, w, c = x.shape
+    kernel_h, kernel_w, _, n_filters = weights.shape
+    g = geometry
+    threads = _conv_threads(g, x, weights)
+    padded = _padded_buffer(workspace, "padded", threads, x.shape, g, x.dtype)
+    if dx.shape[0]:
+        # dout zero-padded to (H + KH - 1, W + KW - 1) per thread, convolved with
+        # the weights turned by 180 degrees, (KH, KW, F, C)
+        padded_dout = workspace.get(
+            "padded_dout", (threads, h + kernel_h - 1, w + kernel_w - 1, n_filters),
+            x.dtype)
+        flipped = workspace.get("flipped", (kernel_h, kernel_w, n_filters, c), x.dtype)
+        np.copyto(flipped, weights[::-1, ::-1].transpose(0, 1, 3, 2))
+    else:
+        padded_dout = np.empty((0, 0, 0, 0), x.dtype)
+        flipped = weights
+    zeros = workspace.get("zeros", (c,), x.dtype)
+    zeros[:] = 0
+    taps = kernel_h * kernel_w * c
+    partial = workspace.get("dweights_partial", (threads, taps, n_filters), x.dtype)
+    bias_partial = workspace.get("dbias_partial", (threads, n_filters), np.float64)
+    _kernels.conv2d_backward_direct(
+        x, flipped.reshape(-1, c), dout, padded, padded_dout, zeros, partial,
+        bias_partial, dweights.reshape(-1, n_filters), dbias, dx, kernel_h, kernel_w,
+        g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+    )
 
 
 def conv2d_forward(x, weights, bias=None, stride=1, padding=0):

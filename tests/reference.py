@@ -108,6 +108,24 @@ def conv2d_parameter_grads(x, dout, kernel_hw, stride=1, padding=(0, 0, 0, 0)):
     return dweights, dout.sum(axis=(0, 1, 2))
 
 
+def conv2d_input_grad(dout, weights, x_shape, stride=1, padding=(0, 0, 0, 0)):
+    """Input gradient (N, H, W, C) of conv2d_forward for the output gradient dout
+    (N, OH, OW, F): each output pixel's gradient spread back over the input window
+    it saw through the weights, the padding cut off."""
+    stride_h, stride_w = as_pair(stride)
+    kernel_h, kernel_w = weights.shape[:2]
+    pad_top, pad_bottom, pad_left, pad_right = padding
+    n, h, w, c = x_shape
+    padded = np.zeros((n, h + pad_top + pad_bottom, w + pad_left + pad_right, c))
+    for oy in range(dout.shape[1]):
+        for ox in range(dout.shape[2]):
+            top, left = oy * stride_h, ox * stride_w
+            padded[:, top:top + kernel_h, left:left + kernel_w, :] += np.tensordot(
+                dout[:, oy, ox, :], weights, axes=([1], [3])
+            )
+    return padded[:, pad_top:pad_top + h, pad_left:pad_left + w, :]
+
+
 def maxpool2d_windows(x, pool_size, stride=None):
     """Yield (oy, ox, window) for each pool window of x (N, H, W, C), no padding."""
     pool_h, pool_w = as_pair(pool_size)

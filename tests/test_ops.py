@@ -14,7 +14,7 @@ import pytest
 import reference
 from reference import numerical_gradient, relative_error
 
-from convext import ops
+from convext import _kernels, ops
 from convext._threads import set_num_threads
 
 DTYPES = [np.float32, np.float64]
@@ -468,6 +468,132 @@ def test_conv2d_few_taps_weight_grad_equals_blas_path(channels, rng, monkeypatch
     assert_bitwise_equal(tiled_bias, blas_bias)
 
 
+# ---------------------------------------------------------------------------
+# The direct convolution kernels: filters (and, for the input gradient, channels)
+# in whole register tiles, more taps than FEW_TAPS
+
+
+def tile_multiple(dtype):
+    return _kernels.direct_filter_multiple(np.dtype(dtype) == np.float64)
+
+
+def checked_geometry(geometry):
+    return ops.conv_geometry("test", (geometry.height, geometry.width),
+                             (geometry.kernel_h, geometry.kernel_w), geometry.stride,
+                             geometry.padding)
+
+
+# Output widths 14, 23 and 7 take every tile size of the pixel loop (14 or 6 wide,
+# then 8, 4, 2, 1); "same" with an even kernel pads unevenly.
+DIRECT_GEOMETRIES = [
+    geometry_param(14, 14, 3, 3, 1, "same", "mnist-second-layer"),
+    geometry_param(5, 23, 3, 3, 1, 1, "width-23"),
+    geometry_param(6, 7, 5, 5, 1, 2, "5x5-pad2"),
+    geometry_param(8, 9, 4, 4, 1, "same", "even-kernel-uneven-padding"),
+    geometry_param(7, 6, 2, 3, 1, (1, 2), "padding-kernel-minus-one"),
+    geometry_param(5, 6, 3, 3, 1, 0, "valid"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", DIRECT_GEOMETRIES)
+def test_direct_convolution_matches_reference(geometry, dtype, rng):
+    multiple = tile_multiple(dtype)
+    x, weights, bias, expected = conv_case(rng, geometry, 3, multiple, 2 * multiple,
+                                           dtype)
+    out_grad = random_array(rng, expected.shape, dtype)
+    pads = geometry.explicit_padding()
+    expected_dx = reference.conv2d_input_grad(as_float64(out_grad), as_float64(weights),
+                                              x.shape, geometry.stride, pads)
+    expected_dweights, expected_dbias = reference.conv2d_parameter_grads(
+        as_float64(x), as_float64(out_grad), weights.shape[:2], geometry.stride, pads
+    )
+    assert ops.direct_conv(checked_geometry(geometry), weights, dtype,
+                           need_input_grad=True)
+
+    out = ops.conv2d_forward(x, weights, bias, geometry.stride, geometry.padding)
+    dx, dweights, dbias = ops.conv2d_backward(out_grad, x, weights, geometry.stride,
+                                              geometry.padding)
+
+    assert_matches_reference(out, expected, dtype)
+    assert_matches_reference(dx, expected_dx, dtype)
+    assert_matches_reference(dweights, expected_dweights, dtype)
+    assert_matches_reference(dbias, expected_dbias, dtype)
+
+
+# Strides above 1 and channels that fill no whole tile: the direct forward pass and
+# weight gradient, while the input gradient goes the im2col way.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra_channels", [0, 5])
+@pytest.mark.parametrize("geometry", [
+    geometry_param(9, 9, 3, 3, 2, "same", "stride2-same"),
+    geometry_param(10, 11, 3, 3, 3, 2, "stride3-pad2-remainder"),
+    geometry_param(9, 7, 3, 2, (2, 1), (1, 0), "stride2x1-pad1x0"),
+    geometry_param(6, 7, 3, 3, 1, 1, "stride1"),
+])
+def test_direct_convolution_strided_or_ragged_matches_reference(
+    geometry, extra_channels, dtype, rng
+):
+    multiple = tile_multiple(dtype)
+    channels = multiple + extra_channels
+    x, weights, bias, expected = conv_case(rng, geometry, 3, channels, multiple, dtype)
+    out_grad = random_array(rng, expected.shape, dtype)
+    pads = geometry.explicit_padding()
+    expected_dx = reference.conv2d_input_grad(as_float64(out_grad), as_float64(weights),
+                                              x.shape, geometry.stride, pads)
+    expected_dweights, expected_dbias = reference.conv2d_parameter_grads(
+        as_float64(x), as_float64(out_grad), weights.shape[:2], geometry.stride, pads
+    )
+    g = checked_geometry(geometry)
+    assert ops.direct_conv(g, weights, dtype)
+    assert ops.direct_conv(g, weights, dtype, need_input_grad=True) == (
+        geometry.stride == 1 and extra_channels == 0
+    )
+
+    out = ops.conv2d_forward(x, weights, bias, geometry.stride, geometry.padding)
+    _, dweights, dbias = ops.conv2d_backward(out_grad, x, weights, geometry.stride,
+                                             geometry.padding, need_input_grad=False)
+    dx, dweights_with_dx, _ = ops.conv2d_backward(out_grad, x, weights,
+                                                  geometry.stride, geometry.padding)
+
+    assert_matches_reference(out, expected, dtype)
+    assert_matches_reference(dweights, expected_dweights, dtype)
+    assert_matches_reference(dweights_with_dx, expected_dweights, dtype)
+    assert_matches_reference(dbias, expected_dbias, dtype)
+    assert_matches_reference(dx, expected_dx, dtype)
+
+
+def test_direct_convolution_gradients_match_finite_differences(rng):
+    geometry = Geometry(4, 5, 3, 3, 1, "same")
+    multiple = tile_multiple(np.float64)
+    x, weights, bias, out = conv_case(rng, geometry, 1, multiple, multiple,
+                                      np.float64)
+    out_grad = random_array(rng, out.shape)
+    pads = geometry.explicit_padding()
+    assert ops.direct_conv(checked_geometry(geometry), weights, np.float64, True)
+
+    def loss(x_, weights_, bias_):
+        return np.sum(reference.conv2d_forward(x_, weights_, bias_, 1, pads) * out_grad)
+
+    dx, dweights, dbias = ops.conv2d_backward(out_grad, x, weights, 1, "same")
+
+    assert gradient_error_of(lambda v: loss(v, weights, bias), x, dx) < GRADIENT_RTOL
+    assert gradient_error_of(lambda v: loss(x, weights, v), bias, dbias) < GRADIENT_RTOL
+    # The weights by central differences over one tap's filters of two channels.
+    tap = (1, 2, slice(0, 2), slice(None))
+    numerical = numerical_gradient(
+        lambda v: loss(x, _with_block(weights, tap, v), bias), weights[tap]
+    )
+    assert relative_error(dweights[tap], numerical) < GRADIENT_RTOL
+
+
+def _with_block(array, index, block):
+    """A copy of array with array[index] replaced by block."""
+    copy = array.copy()
+    copy[index] = block
+    return copy
+
+
 @pytest.mark.parametrize("pad", PADS, ids=str)
 def test_zero_pad_backward_matches_finite_differences(pad, rng):
     x = random_array(rng, (2, 3, 4, 2))
@@ -596,6 +722,20 @@ def run_same_conv(x, weights, bias, dout):
             *ops.conv2d_backward(dout, x, weights, stride=(2, 1), padding="same"))
 
 
+def direct_conv_inputs(rng):
+    """x (4, 6, 7, 32) and weights (3, 3, 32, 32), stride 1 and padding 1: the
+    direct kernels in float32 and float64 alike."""
+    return {"x": random_array(rng, (4, 6, 7, 32)),
+            "weights": random_array(rng, (3, 3, 32, 32)),
+            "bias": random_array(rng, (32,)),
+            "dout": random_array(rng, (4, 6, 7, 32))}
+
+
+def run_direct_conv(x, weights, bias, dout):
+    out = ops.conv2d_forward(x, weights, bias, stride=1, padding=1)
+    return (out, *ops.conv2d_backward(dout, x, weights, stride=1, padding=1))
+
+
 def maxpool_forward_inputs(rng):
     return {"x": random_array(rng, (4, 7, 6, 3))}
 
@@ -665,6 +805,7 @@ OPERATIONS = [
     Operation("conv2d-3-channels", conv_inputs(3), run_conv),
     Operation("conv2d-1-channel", conv_inputs(1), run_conv),
     Operation("conv2d-1-channel-same-stride2x1", same_conv_inputs, run_same_conv),
+    Operation("conv2d-direct-32-channels", direct_conv_inputs, run_direct_conv),
     Operation("maxpool2d_forward", maxpool_forward_inputs, run_maxpool_forward),
     Operation("maxpool2d_backward", maxpool_backward_inputs, run_maxpool_backward,
               integer_input="dout"),
