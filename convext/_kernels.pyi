@@ -74,6 +74,39 @@ def conv2d_backward_blocked(
     few_taps: bool,
     cols_kept: bool,
 ) -> None: ...
+def direct_filter_multiple(double_precision: bool) -> int: ...
+def conv2d_forward_direct(
+    x: Floats,
+    weights: Floats,
+    bias: Floats,
+    out: Floats,
+    padded: Floats,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_left: int,
+) -> None: ...
+def conv2d_backward_direct(
+    x: Floats,
+    flipped: Floats,
+    dout: Floats,
+    padded: Floats,
+    padded_dout: Floats,
+    zeros: Floats,
+    partial: Floats,
+    bias_partial: NDArray[np.float64],
+    dweights: Floats,
+    dbias: Floats,
+    dx: Floats,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_top: int,
+    pad_left: int,
+) -> None: ...
 def maxpool2d_forward(
     x: Floats,
     out: Floats,

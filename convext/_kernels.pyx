@@ -1,5 +1,5 @@
-"""Compiled kernels of convext: matrix products, blocked im2col convolution,
-pooling, batch-norm and ReLU, over NHWC arrays.
+"""Compiled kernels of convext: matrix products, direct and blocked im2col
+convolution, pooling, batch-norm and ReLU, over NHWC arrays.
 
 Shape legend, used in every comment below:
     N batch, H/W input height and width, C input channels, F filters,
@@ -43,22 +43,30 @@ cdef extern from "convext_direct.h" nogil:
                                   const float *w, Py_ssize_t f, const float *start,
                                   float *out, Py_ssize_t out_h, Py_ssize_t out_w,
                                   Py_ssize_t kernel_h, Py_ssize_t kernel_w,
-                                  Py_ssize_t stride_h, Py_ssize_t stride_w)
+                                  Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                  Py_ssize_t data_top, Py_ssize_t data_h,
+                                  Py_ssize_t data_left, Py_ssize_t data_w)
     void convext_direct_forward_d(const double *x, Py_ssize_t padded_w, Py_ssize_t c_in,
                                   const double *w, Py_ssize_t f, const double *start,
                                   double *out, Py_ssize_t out_h, Py_ssize_t out_w,
                                   Py_ssize_t kernel_h, Py_ssize_t kernel_w,
-                                  Py_ssize_t stride_h, Py_ssize_t stride_w)
+                                  Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                  Py_ssize_t data_top, Py_ssize_t data_h,
+                                  Py_ssize_t data_left, Py_ssize_t data_w)
     void convext_direct_weight_grad_f(const float *x, Py_ssize_t padded_w,
                                       Py_ssize_t c_in, const float *dout, Py_ssize_t f,
                                       float *dw, Py_ssize_t out_h, Py_ssize_t out_w,
                                       Py_ssize_t kernel_h, Py_ssize_t kernel_w,
-                                      Py_ssize_t stride_h, Py_ssize_t stride_w)
+                                      Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                      Py_ssize_t data_top, Py_ssize_t data_h,
+                                      Py_ssize_t data_left, Py_ssize_t data_w)
     void convext_direct_weight_grad_d(const double *x, Py_ssize_t padded_w,
                                       Py_ssize_t c_in, const double *dout, Py_ssize_t f,
                                       double *dw, Py_ssize_t out_h, Py_ssize_t out_w,
                                       Py_ssize_t kernel_h, Py_ssize_t kernel_w,
-                                      Py_ssize_t stride_h, Py_ssize_t stride_w)
+                                      Py_ssize_t stride_h, Py_ssize_t stride_w,
+                                      Py_ssize_t data_top, Py_ssize_t data_h,
+                                      Py_ssize_t data_left, Py_ssize_t data_w)
     Py_ssize_t convext_direct_lanes_f()
     Py_ssize_t convext_direct_lanes_d()
 
@@ -637,11 +645,13 @@ def conv2d_forward_direct(
         if floating is float:
             convext_direct_forward_f(sample, padded_w, channels, &weights[0, 0],
                                      n_filters, &bias[0], &out[n, 0, 0, 0], out_h, out_w,
-                                     kernel_h, kernel_w, stride_h, stride_w)
+                                     kernel_h, kernel_w, stride_h, stride_w, pad_top,
+                                     height, pad_left, width)
         else:
             convext_direct_forward_d(sample, padded_w, channels, &weights[0, 0],
                                      n_filters, &bias[0], &out[n, 0, 0, 0], out_h, out_w,
-                                     kernel_h, kernel_w, stride_h, stride_w)
+                                     kernel_h, kernel_w, stride_h, stride_w, pad_top,
+                                     height, pad_left, width)
 
 
 def conv2d_backward_direct(
@@ -699,13 +709,15 @@ def conv2d_backward_direct(
         if floating is float:
             convext_direct_weight_grad_f(sample, padded_w, channels, &dout[n, 0, 0, 0],
                                          n_filters, &partial[thread, 0, 0], out_h, out_w,
-                                         kernel_h, kernel_w, stride_h, stride_w)
+                                         kernel_h, kernel_w, stride_h, stride_w, pad_top,
+                                         height, pad_left, width)
             convext_add_column_sums_f(&dout[n, 0, 0, 0], out_h * out_w, n_filters,
                                       n_filters, &bias_partial[thread, 0])
         else:
             convext_direct_weight_grad_d(sample, padded_w, channels, &dout[n, 0, 0, 0],
                                          n_filters, &partial[thread, 0, 0], out_h, out_w,
-                                         kernel_h, kernel_w, stride_h, stride_w)
+                                         kernel_h, kernel_w, stride_h, stride_w, pad_top,
+                                         height, pad_left, width)
             convext_add_column_sums_d(&dout[n, 0, 0, 0], out_h * out_w, n_filters,
                                       n_filters, &bias_partial[thread, 0])
         if need_dx:
@@ -716,12 +728,14 @@ def conv2d_backward_direct(
                 convext_direct_forward_f(sample, padded_dout_w, n_filters,
                                          &flipped[0, 0], channels, &zeros[0],
                                          &dx[n, 0, 0, 0], height, width, kernel_h,
-                                         kernel_w, 1, 1)
+                                         kernel_w, 1, 1, kernel_h - 1 - pad_top, out_h,
+                                         kernel_w - 1 - pad_left, out_w)
             else:
                 convext_direct_forward_d(sample, padded_dout_w, n_filters,
                                          &flipped[0, 0], channels, &zeros[0],
                                          &dx[n, 0, 0, 0], height, width, kernel_h,
-                                         kernel_w, 1, 1)
+                                         kernel_w, 1, 1, kernel_h - 1 - pad_top, out_h,
+                                         kernel_w - 1 - pad_left, out_w)
 
     sum_partials(partial, bias_partial, dweights, dbias)
 
