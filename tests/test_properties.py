@@ -36,7 +36,8 @@ with warnings.catch_warnings():
     except ImportError:
         pass
 
-# Examples per property test; with 11 tests over the kernels that is 2200 examples.
+# Examples per property test; with 11 tests over the kernels that is 2200 examples
+# (and 100 of the direct convolution kernels, in a test of its own).
 EXAMPLES = 200
 PROPERTY_SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=True, database=None
@@ -510,6 +511,64 @@ def test_conv2d_backward_is_reference_or_raises(case):
         assert dx is None
     assert_matches(dweights, expected[1], dtype, scale[1])
     assert_matches(dbias, expected[2], dtype, scale[2])
+
+
+@st.composite
+def direct_conv_cases(draw):
+    """Valid float convolutions with filters in whole register tiles of the direct
+    kernels (channels in whole tiles, or not), over any geometry."""
+    dtype = draw(st.sampled_from([np.dtype(np.float32), np.dtype(np.float64)]))
+    multiple = _kernels.direct_filter_multiple(dtype == np.float64)
+    spec = ArraySpec(dtype, "c")
+    return ConvCase(
+        seed=draw(seeds), batch=draw(st.integers(1, 3)), height=draw(sizes),
+        width=draw(sizes), channels=multiple + draw(st.sampled_from([0, 0, 3])),
+        filters=multiple * draw(st.integers(1, 2)), kernel_h=draw(kernel_sizes),
+        kernel_w=draw(kernel_sizes), weight_channels=0, stride=draw(valid_strides),
+        padding=draw(valid_paddings), bias_length=None, dout_offset=0,
+        need_input_grad=draw(st.booleans()), x=spec, weights=spec, bias=spec,
+        dout=spec,
+    )
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(direct_conv_cases())
+def test_direct_conv2d_forward_and_backward_are_reference(case):
+    case = case._replace(weight_channels=case.channels,
+                         bias_length=None if case.seed % 2 else case.filters)
+    value_problems, padding, out_hw = conv_geometry_problems(case)
+    if value_problems:
+        return
+    rng, x, weights, bias = conv_arrays(case)
+    dout = make_arg(rng, (case.batch, *out_hw, case.filters), case.dout)
+    geometry = ops.conv_geometry("test", x.shape[1:3], weights.shape[:2],
+                                 case.stride, case.padding)
+    event(f"direct forward: {ops.direct_conv(geometry, weights, x.dtype)}")
+    event("direct backward: "
+          f"{ops.direct_conv(geometry, weights, x.dtype, case.need_input_grad)}")
+    x64, weights64, dout64 = as_float64(x), as_float64(weights), as_float64(dout)
+    bias64 = as_float64(bias)
+    expected_out = reference.conv2d_forward(x64, weights64, bias64, case.stride,
+                                            padding)
+    out_scale = reference.conv2d_forward(
+        np.abs(x64), np.abs(weights64), None if bias is None else np.abs(bias64),
+        case.stride, padding,
+    )
+    expected = conv2d_backward_reference(dout64, x64, weights64, case.stride, padding)
+    scale = conv2d_backward_reference(
+        np.abs(dout64), np.abs(x64), np.abs(weights64), case.stride, padding
+    )
+
+    out = ops.conv2d_forward(x, weights, bias, case.stride, case.padding)
+    dx, dweights, dbias = ops.conv2d_backward(
+        dout, x, weights, case.stride, case.padding, case.need_input_grad
+    )
+
+    assert_matches(out, expected_out, x.dtype, out_scale)
+    if case.need_input_grad:
+        assert_matches(dx, expected[0], x.dtype, scale[0])
+    assert_matches(dweights, expected[1], x.dtype, scale[1])
+    assert_matches(dbias, expected[2], x.dtype, scale[2])
 
 
 # ---------------------------------------------------------------------------
