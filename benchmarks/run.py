@@ -110,6 +110,8 @@ EFFORTS = {
 }
 
 MAX_CALLS_PER_ROUND = 100_000
+# Names of the GEMM candidates timed in conv2's rounds.
+GEMM_ALONGSIDE_PREFIX = "gemm alongside: "
 
 
 # ---------------------------------------------------------------------------
@@ -360,6 +362,13 @@ def layer_row(spec, batch_size, samples, use_torch):
     if use_torch and len(spec.input_shape) == 1:
         # Memory formats apply to 4-D tensors only: one measurement serves both.
         row["torch_channels_last"] = {**row["torch_nchw"], "same_as_nchw": True}
+    alongside = {name[len(GEMM_ALONGSIDE_PREFIX):]: times
+                 for name, times in samples["forward_backward"].items()
+                 if name.startswith(GEMM_ALONGSIDE_PREFIX)}
+    if alongside:
+        row["gemm_alongside"] = {
+            f"{name}_gflops": 2 * GEMM_SIZE**3 / statistics.median(times) / 1e9
+            for name, times in alongside.items()}
     row["ratios"] = {}
     for implementation in IMPLEMENTATIONS[1:]:
         for mode in ("forward", "forward_backward"):
@@ -370,8 +379,10 @@ def layer_row(spec, batch_size, samples, use_torch):
     return row
 
 
-def benchmark_layers(batch_sizes, effort, use_torch):
-    """JSON rows of every layer at every batch size."""
+def benchmark_layers(batch_sizes, effort, use_torch, threads):
+    """JSON rows of every layer at every batch size. conv2's forward+backward
+    rounds alternate with rounds of the GEMM too, whose rate at the same moments
+    its share of the GEMM rate is taken against."""
     if use_torch:
         import torch
     rows = []
@@ -390,6 +401,9 @@ def benchmark_layers(batch_sizes, effort, use_torch):
                         spec, x, dy, name, memory_format)
                     candidates["forward"].append(forward)
                     candidates["forward_backward"].append(forward_backward)
+            if spec.name == "conv2":
+                candidates["forward_backward"] += gemm_candidates(
+                    threads, use_torch, prefix=GEMM_ALONGSIDE_PREFIX)
             samples = {mode: time_interleaved(group, effort.layer_seconds,
                                               effort.layer_rounds,
                                               effort.warmup_calls)
@@ -547,6 +561,13 @@ def add_step_times(result, steps):
 def time_gemm(threads, effort, use_torch):
     """Per-call seconds of a square float32 product: {"numpy": [...], "torch":
     [...]}, numpy.matmul on the machine's BLAS and torch.mm."""
+    return time_interleaved(gemm_candidates(threads, use_torch), effort.gemm_seconds,
+                            effort.gemm_rounds, warmup_calls=2)
+
+
+def gemm_candidates(threads, use_torch, prefix=""):
+    """Candidates "numpy" (numpy.matmul on the machine's BLAS, held to threads)
+    and "torch" (torch.mm) of a square float32 product, their names prefixed."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
     b = rng.standard_normal((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
@@ -556,7 +577,7 @@ def time_gemm(threads, effort, use_torch):
         np.matmul(a, b, out=c)
 
     candidates = [Candidate(
-        "numpy", numpy_product,
+        prefix + "numpy", numpy_product,
         lambda: threadpoolctl.threadpool_limits(limits=threads, user_api="blas"),
         settle_seconds=BLAS_SETTLE_SECONDS)]
     if use_torch:
@@ -564,10 +585,9 @@ def time_gemm(threads, effort, use_torch):
 
         a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)
         c_t = torch.empty_like(a_t)
-        candidates.append(Candidate("torch", lambda: torch.mm(a_t, b_t, out=c_t)))
-
-    return time_interleaved(candidates, effort.gemm_seconds, effort.gemm_rounds,
-                            warmup_calls=2)
+        candidates.append(Candidate(prefix + "torch",
+                                    lambda: torch.mm(a_t, b_t, out=c_t)))
+    return candidates
 
 
 def gemm_result(rounds):
@@ -695,9 +715,13 @@ def summary_lines(report):
         text = ", ".join(
             f"{SHORT_NAMES[name]} {100 * value:.0f}%"
             for name, value in fractions.items() if value is not None)
+        alongside = row.get("gemm_alongside", {})
+        rates = ", ".join(f"{label} {alongside[key]:.1f}" for key, label in (
+            ("numpy_gflops", "numpy.matmul"), ("torch_gflops", "torch.mm"))
+            if key in alongside)
         lines.append(f"conv2 forward+backward at batch {row['batch_size']}, share "
-                     f"of the GEMM rate (convext: numpy's, torch: torch.mm's): "
-                     f"{text}")
+                     f"of the GEMM rate timed in the same rounds ({rates} GFLOP/s; "
+                     f"convext: numpy's, torch: torch.mm's): {text}")
     memory = report["memory"]
     if memory["peak_rss_mb_after_convext_epoch"] is not None:
         lines.append(
@@ -739,17 +763,83 @@ def print_report(report):
             print()
 
     print("\n".join(summary_lines(report)))
+    print()
+    print("\n".join(goal_table(report["goals"])))
     print(f"Run time: {report['run_seconds']:.1f} s")
 
 
+# The goals convext is measured against, on the batch-64 figures of one run: a
+# full epoch at most 0.8 times torch's NCHW epoch and no slower than its
+# channels_last one; each convolution's forward+backward no slower than torch's
+# faster layout, the second at 80% or more of the GEMM rate; batch-norm, ReLU and
+# pooling no slower than torch channels_last; at most 2 GiB resident.
+GOAL_BATCH_SIZE = 64
+GOAL_EPOCH_OVER_NCHW = 0.8
+GOAL_CONV2_SHARE_OF_GEMM = 0.8
+GOAL_PEAK_RSS_MB = 2048
+
+
+def goal_rows(report):
+    """[{"goal", "measured", "bound", "at_most", "met"}]; met is None when the
+    figure is missing (no torch, no data, or a run without batch 64)."""
+    goals = []
+
+    def add(goal, measured, bound, at_most=True):
+        met = None if measured is None else (
+            measured <= bound if at_most else measured >= bound)
+        goals.append({"goal": goal, "measured": measured, "bound": bound,
+                      "at_most": at_most, "met": met})
+
+    epoch_ratios = (report["epoch"] or {}).get("ratios", {})
+    add("epoch, convext / torch NCHW", epoch_ratios.get("convext_over_torch_nchw"),
+        GOAL_EPOCH_OVER_NCHW)
+    add("epoch, convext / torch channels_last",
+        epoch_ratios.get("convext_over_torch_channels_last"), 1.0)
+    rows = {row["layer"]: row for row in report["layers"]
+            if row["batch_size"] == GOAL_BATCH_SIZE}
+    for layer in ("conv1", "conv2"):
+        ratios = rows.get(layer, {}).get("ratios", {})
+        against = [ratios.get(f"forward_backward_convext_over_{name}")
+                   for name in IMPLEMENTATIONS[1:]]
+        # Against the faster torch layout: the larger of the two ratios.
+        known = [value for value in against if value is not None]
+        add(f"{layer} fwd+bwd, convext / faster torch layout",
+            max(known) if len(known) == len(against) else None, 1.0)
+    share = report["conv2_fraction_of_gemm"].get(str(GOAL_BATCH_SIZE), {})
+    add("conv2 fwd+bwd GFLOP/s / numpy GEMM GFLOP/s", share.get("convext"),
+        GOAL_CONV2_SHARE_OF_GEMM, at_most=False)
+    for layer in ("bn1", "relu1", "pool1", "bn2", "relu2", "pool2"):
+        ratios = rows.get(layer, {}).get("ratios", {})
+        add(f"{layer} fwd+bwd, convext / torch channels_last",
+            ratios.get("forward_backward_convext_over_torch_channels_last"), 1.0)
+    add("peak resident MB after the convext epoch",
+        report["memory"]["peak_rss_mb_after_convext_epoch"], GOAL_PEAK_RSS_MB)
+    return goals
+
+
+def goal_table(goals):
+    lines = [f"Goals at batch {GOAL_BATCH_SIZE}",
+             f"{'goal':48s} {'measured':>9s} {'bound':>9s}  met"]
+    for goal in goals:
+        measured = goal["measured"]
+        sign = "<=" if goal["at_most"] else ">="
+        met = {None: "-", True: "yes", False: "NO"}[goal["met"]]
+        lines.append(f"{goal['goal']:48s} {number(measured, 9, 2)} "
+                     f"{sign}{goal['bound']:7.2f}  {met}")
+    return lines
+
+
 def conv2_fractions(rows, gemm):
-    """{batch size: {implementation: conv2 fwd+bwd GFLOP/s / GEMM GFLOP/s}}."""
-    rates = {"convext": gemm["numpy_gflops"], "torch_nchw": gemm.get("torch_gflops"),
-             "torch_channels_last": gemm.get("torch_gflops")}
+    """{batch size: {implementation: conv2 fwd+bwd GFLOP/s / GEMM GFLOP/s}}, with
+    the GEMM rate timed alongside conv2 where there is one."""
     fractions = {}
     for row in rows:
         if row["layer"] != "conv2":
             continue
+        rate = row.get("gemm_alongside", gemm)
+        rates = {"convext": rate["numpy_gflops"],
+                 "torch_nchw": rate.get("torch_gflops"),
+                 "torch_channels_last": rate.get("torch_gflops")}
         fractions[str(row["batch_size"])] = {
             name: ratio((row[name] or {}).get("forward_backward_gflops"), rates[name])
             for name in IMPLEMENTATIONS}
@@ -864,7 +954,7 @@ def main(argv=None):
     torch_version = import_torch(args.threads).__version__ if use_torch else None
 
     gemm_before = time_gemm(args.threads, effort, use_torch)
-    layers = benchmark_layers(batch_sizes, effort, use_torch)
+    layers = benchmark_layers(batch_sizes, effort, use_torch, args.threads)
     gemm = gemm_result([gemm_before, time_gemm(args.threads, effort, use_torch)])
 
     memory["peak_rss_mb_at_end"] = peak_rss_mb()
@@ -890,6 +980,7 @@ def main(argv=None):
         "conv2_fraction_of_gemm": conv2_fractions(layers, gemm),
         "memory": memory,
     }
+    report["goals"] = goal_rows(report)
     report["run_seconds"] = time.perf_counter() - started
 
     print_report(report)

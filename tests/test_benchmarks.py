@@ -72,3 +72,21 @@ def test_smoke_run_records_the_conditions(smoke_run):
     assert {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"} <= set(environment["env"])
     assert any(pool["user_api"] == "blas" for pool in environment["threadpool_info"])
     assert report["gemm"]["numpy_gflops"] > 0
+
+
+def test_smoke_run_reports_every_goal(smoke_run):
+    _, report = smoke_run
+
+    goals = {goal["goal"].split(",")[0].split()[0]: goal for goal in report["goals"]}
+
+    assert set(goals) == {"epoch", "conv1", "conv2", "bn1", "relu1", "pool1", "bn2",
+                          "relu2", "pool2", "peak"}
+    for goal in report["goals"]:
+        if goal["measured"] is None:
+            assert goal["met"] is None, goal
+        elif goal["at_most"]:
+            assert goal["met"] == (goal["measured"] <= goal["bound"]), goal
+        else:
+            assert goal["met"] == (goal["measured"] >= goal["bound"]), goal
+    # A smoke run times batch 8 only: the per-layer goals have no figures.
+    assert goals["conv2"]["measured"] is None
