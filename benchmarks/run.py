@@ -790,7 +790,9 @@ def goal_rows(report):
         goals.append({"goal": goal, "measured": measured, "bound": bound,
                       "at_most": at_most, "met": met})
 
-    epoch_ratios = (report["epoch"] or {}).get("ratios", {})
+    epoch = report["epoch"] or {}
+    # A run cut short by --epoch-steps (as --smoke is) has no full epoch to judge.
+    epoch_ratios = {} if epoch.get("limited", True) else epoch["ratios"]
     add("epoch, convext / torch NCHW", epoch_ratios.get("convext_over_torch_nchw"),
         GOAL_EPOCH_OVER_NCHW)
     add("epoch, convext / torch channels_last",
@@ -819,13 +821,13 @@ def goal_rows(report):
 
 def goal_table(goals):
     lines = [f"Goals at batch {GOAL_BATCH_SIZE}",
-             f"{'goal':48s} {'measured':>9s} {'bound':>9s}  met"]
+             f"{'goal':48s} {'measured':>9s} {'bound':>11s}  met"]
     for goal in goals:
         measured = goal["measured"]
         sign = "<=" if goal["at_most"] else ">="
         met = {None: "-", True: "yes", False: "NO"}[goal["met"]]
         lines.append(f"{goal['goal']:48s} {number(measured, 9, 2)} "
-                     f"{sign}{goal['bound']:7.2f}  {met}")
+                     f"{sign} {goal['bound']:8.2f}  {met}")
     return lines
 
 
