@@ -236,7 +236,11 @@ static inline void convext_direct_forward_##SUFFIX(                             
  * the padded input x (HP, WP, c_in) and the output gradient dout (OH, OW, f).     \
  * Only x's rows data_top .. data_top + data_h - 1 and columns data_left ..         \
  * data_left + data_w - 1 may hold other values than zeros: the output pixels      \
- * whose tap falls outside them add nothing and are skipped. */                    \
+ * whose tap falls outside them add nothing and are skipped. With fewer input      \
+ * channels than a tile holds, a tile runs along the kernel_w * c_in values of a   \
+ * kernel row instead, which lie side by side in x and in dw, over every output    \
+ * column: for one channel and 3x3 filters, three passes over dout, not nine. The  \
+ * columns whose taps fall on the padding are not skipped then. */                \
 static inline void convext_direct_weight_grad_##SUFFIX(                               \
     const T *x, Py_ssize_t padded_w, Py_ssize_t c_in, const T *dout, Py_ssize_t f,    \
     T *dw, Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t kernel_h,                   \
@@ -247,14 +251,19 @@ static inline void convext_direct_weight_grad_##SUFFIX(                         
     const Py_ssize_t pixel_step = stride_w * c_in;                                    \
     const Py_ssize_t row_step = stride_h * padded_w * c_in;                           \
     const Py_ssize_t dout_row_step = out_w * f;                                       \
+    const int by_row = c_in < CONVEXT_DIRECT_CHANNELS;                                \
+    const Py_ssize_t tile_span = by_row ? kernel_w * c_in : c_in;                     \
+    const Py_ssize_t tile_columns = by_row ? 1 : kernel_w;                            \
     Py_ssize_t ky, kx, f0, oy0, oy1, ox0, ox1;                                        \
     for (ky = 0; ky < kernel_h; ky++) {                                               \
         /* output rows [oy0, oy1) see a row of data through kernel row ky */          \
         oy0 = convext_first_at_least(data_top - ky, stride_h, out_h);                 \
         oy1 = convext_first_at_least(data_top + data_h - ky, stride_h, out_h);        \
-        for (kx = 0; kx < kernel_w; kx++) {                                           \
-            ox0 = convext_first_at_least(data_left - kx, stride_w, out_w);            \
-            ox1 = convext_first_at_least(data_left + data_w - kx, stride_w, out_w);   \
+        for (kx = 0; kx < tile_columns; kx++) {                                       \
+            ox0 = by_row ? 0 : convext_first_at_least(data_left - kx, stride_w, out_w); \
+            ox1 = by_row ? out_w                                                      \
+                         : convext_first_at_least(data_left + data_w - kx, stride_w,  \
+                                                  out_w);                             \
             if (oy1 <= oy0 || ox1 <= ox0)                                             \
                 continue;                                                             \
             const T *x_tap = x + ((oy0 * stride_h + ky) * padded_w                    \
@@ -262,7 +271,7 @@ static inline void convext_direct_weight_grad_##SUFFIX(                         
             const T *dout_tap = dout + (oy0 * out_w + ox0) * f;                       \
             T *dw_tap = dw + (ky * kernel_w + kx) * c_in * f;                         \
             for (f0 = 0; f0 < f; f0 += pair) {                                        \
-                CONVEXT_IN_TILES(c_in, CONVEXT_DIRECT_CHANNELS,                       \
+                CONVEXT_IN_TILES(tile_span, CONVEXT_DIRECT_CHANNELS,                  \
                                  CONVEXT_WEIGHT_CALL_##SUFFIX);                       \
             }                                                                         \
         }                                                                             \

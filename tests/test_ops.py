@@ -470,7 +470,7 @@ def test_conv2d_few_taps_weight_grad_equals_blas_path(channels, rng, monkeypatch
 
 # ---------------------------------------------------------------------------
 # The direct convolution kernels: filters (and, for the input gradient, channels)
-# in whole register tiles, more taps than FEW_TAPS
+# in whole register tiles
 
 
 def tile_multiple(dtype):
@@ -561,6 +561,39 @@ def test_direct_convolution_strided_or_ragged_matches_reference(
     assert_matches_reference(dweights_with_dx, expected_dweights, dtype)
     assert_matches_reference(dbias, expected_dbias, dtype)
     assert_matches_reference(dx, expected_dx, dtype)
+
+
+# Fewer input channels than a register tile holds: the weight gradient runs its
+# tiles along whole kernel rows, padding included (one channel: the first layer of
+# the default network).
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [1, 2, 5])
+@pytest.mark.parametrize("geometry", [
+    geometry_param(28, 28, 3, 3, 1, "same", "mnist-first-layer"),
+    geometry_param(9, 7, 5, 4, 1, "same", "5x4-same"),
+    geometry_param(10, 11, 3, 3, 3, 2, "stride3-pad2"),
+    geometry_param(9, 7, 3, 2, (2, 1), (1, 0), "stride2x1-pad1x0"),
+    geometry_param(6, 7, 3, 3, 1, 0, "valid"),
+])
+def test_direct_convolution_few_channels_matches_reference(
+    geometry, channels, dtype, rng
+):
+    multiple = tile_multiple(dtype)
+    x, weights, bias, expected = conv_case(rng, geometry, 3, channels, multiple, dtype)
+    out_grad = random_array(rng, expected.shape, dtype)
+    pads = geometry.explicit_padding()
+    expected_dweights, expected_dbias = reference.conv2d_parameter_grads(
+        as_float64(x), as_float64(out_grad), weights.shape[:2], geometry.stride, pads
+    )
+    assert ops.direct_conv(checked_geometry(geometry), weights, dtype)
+
+    out = ops.conv2d_forward(x, weights, bias, geometry.stride, geometry.padding)
+    _, dweights, dbias = ops.conv2d_backward(out_grad, x, weights, geometry.stride,
+                                             geometry.padding, need_input_grad=False)
+
+    assert_matches_reference(out, expected, dtype)
+    assert_matches_reference(dweights, expected_dweights, dtype)
+    assert_matches_reference(dbias, expected_dbias, dtype)
 
 
 def test_direct_convolution_gradients_match_finite_differences(rng):

@@ -516,13 +516,15 @@ def test_conv2d_backward_is_reference_or_raises(case):
 @st.composite
 def direct_conv_cases(draw):
     """Valid float convolutions with filters in whole register tiles of the direct
-    kernels (channels in whole tiles, or not), over any geometry."""
+    kernels (channels in whole tiles, or not, or fewer than a tile), over any
+    geometry."""
     dtype = draw(st.sampled_from([np.dtype(np.float32), np.dtype(np.float64)]))
     multiple = _kernels.direct_filter_multiple(dtype == np.float64)
     spec = ArraySpec(dtype, "c")
     return ConvCase(
         seed=draw(seeds), batch=draw(st.integers(1, 3)), height=draw(sizes),
-        width=draw(sizes), channels=multiple + draw(st.sampled_from([0, 0, 3])),
+        width=draw(sizes), channels=draw(st.sampled_from(
+            [multiple, multiple, multiple + 3, 1, 3])),
         filters=multiple * draw(st.integers(1, 2)), kernel_h=draw(kernel_sizes),
         kernel_w=draw(kernel_sizes), weight_channels=0, stride=draw(valid_strides),
         padding=draw(valid_paddings), bias_length=None, dout_offset=0,
