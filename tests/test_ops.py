@@ -14,6 +14,7 @@ import pytest
 import reference
 from reference import numerical_gradient, relative_error
 
+import convext._threads
 from convext import _kernels, ops
 from convext._threads import set_num_threads
 
@@ -34,8 +35,11 @@ def rng():
 
 
 @pytest.fixture
-def thread_count(request):
-    """set_num_threads, with the default thread count restored after the test."""
+def thread_count(request, monkeypatch):
+    """set_num_threads, with the default thread count restored after the test. The
+    kernels then take every thread however small the work, as the small inputs of
+    the tests would otherwise run on one."""
+    monkeypatch.setattr(convext._threads, "SMALL_WORK", 0)
     request.addfinalizer(lambda: set_num_threads(None))
     return set_num_threads
 
