@@ -1048,3 +1048,63 @@ def relu_backward(
     for i in prange(size, nogil=True, num_threads=n_threads, schedule="static"):
         grad = dy[i]
         dx[i] = grad if y[i] > 0 else 0
+
+
+# ---------------------------------------------------------------------------
+# Optimizer steps over flat views: one pass over each array instead of a NumPy
+# temporary per operation (Adam's step over the 0.4 million weights of the default
+# network took 2.5 ms as NumPy expressions)
+
+def sgd_step(
+    floating[::1] value,                # (M,) updated in place
+    const floating[::1] grad,           # (M,)
+    floating[::1] velocity,             # (M,) updated in place, or (0,) without momentum
+    double lr,
+    double momentum,
+    bint nesterov,
+    double weight_decay,
+    int n_threads,
+):
+    """With g = grad + weight_decay * value: value -= lr * g without momentum; with
+    it, velocity = momentum * velocity - lr * g, then value += velocity, or for
+    Nesterov's momentum value += momentum * velocity - lr * g."""
+    cdef Py_ssize_t size = value.shape[0], i
+    cdef double g
+
+    if momentum == 0:
+        for i in prange(size, nogil=True, num_threads=n_threads, schedule="static"):
+            g = grad[i] + weight_decay * value[i]
+            value[i] = <floating>(value[i] - lr * g)
+    elif nesterov:
+        for i in prange(size, nogil=True, num_threads=n_threads, schedule="static"):
+            g = grad[i] + weight_decay * value[i]
+            velocity[i] = <floating>(momentum * velocity[i] - lr * g)
+            value[i] = <floating>(value[i] + (momentum * velocity[i] - lr * g))
+    else:
+        for i in prange(size, nogil=True, num_threads=n_threads, schedule="static"):
+            g = grad[i] + weight_decay * value[i]
+            velocity[i] = <floating>(momentum * velocity[i] - lr * g)
+            value[i] = value[i] + velocity[i]
+
+
+def adam_step(
+    floating[::1] value,                # (M,) updated in place
+    const floating[::1] grad,           # (M,)
+    floating[::1] m,                    # (M,) first moment, updated in place
+    floating[::1] v,                    # (M,) second moment, updated in place
+    double step,
+    double beta1,
+    double beta2,
+    double eps,
+    int n_threads,
+):
+    """m = beta1 * m + (1 - beta1) * grad, v = beta2 * v + (1 - beta2) * grad^2, then
+    value -= step * m / (sqrt(v) + eps), step being the bias-corrected rate."""
+    cdef Py_ssize_t size = value.shape[0], i
+    cdef double g
+
+    for i in prange(size, nogil=True, num_threads=n_threads, schedule="static"):
+        g = grad[i]
+        m[i] = <floating>(beta1 * m[i] + (1 - beta1) * g)
+        v[i] = <floating>(beta2 * v[i] + (1 - beta2) * (g * g))
+        value[i] = <floating>(value[i] - step * m[i] / (sqrt(<double>v[i]) + eps))

@@ -471,8 +471,9 @@ def conv2d_backward_checked(dout, x, weights, geometry, workspace, need_input_gr
     bias_partial = workspace.get("dbias_partial", (threads, n_filters), np.float64)
     _kernels.conv2d_backward_blocked(
         x, weights.reshape(-1, n_filters), dout, slabs, dcols_slabs, partial,
-        bias_partial, dweights.reshape(-1, n_filters), dbias, dx, kernel_h, kernel_w, g.stride_h,
-        g.stride_w, g.pad_top, g.pad_left, n_blocks, taps <= FEW_TAPS, cols_kept,
+        bias_partial, dweights.reshape(-1, n_filters), dbias, dx, kernel_h, kernel_w,
+        g.stride_h, g.stride_w, g.pad_top, g.pad_left, n_blocks, taps <= FEW_TAPS,
+        cols_kept,
     )
     return (dx if need_input_grad else None), dweights, dbias
 

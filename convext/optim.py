@@ -5,7 +5,12 @@ per-parameter state (velocities, moments) under the keys it is handed, so that t
 state can be saved with a model and training resumed from it.
 """
 
+import math
+
 import numpy as np
+
+from convext import _kernels
+from convext._threads import threads_for
 
 OPTIMIZER_TYPES = {}
 
@@ -25,6 +30,11 @@ def _check_number(optimizer, name, value, low, high=None, low_open=False):
             bound += f" and < {high}"
         raise ValueError(f"{optimizer}: {name} must be a number {bound}, got {value!r}")
     return float(value)
+
+
+def _flat(array):
+    """A 1-D view of a C-contiguous array."""
+    return array.reshape(-1)
 
 
 class Optimizer:
@@ -75,11 +85,46 @@ class Optimizer:
         return {}
 
     def step(self, params, grads):
+        """Update every array of params in place; they must be C-contiguous float32
+        or float64 arrays, and grads[key] of the same shape."""
+        pairs = {key: self._checked_pair(key, value, grads)
+                 for key, value in params.items()}
         self.iterations += 1
-        for key, value in params.items():
-            self.update(key, value, grads[key])
+        for key, (value, grad) in pairs.items():
+            self.update(key, value, grad)
+
+    def _checked_pair(self, key, value, grads):
+        """(value, grad), grad as a C-contiguous array of value's dtype."""
+        name = type(self).__name__
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name}.step: params[{key!r}] must be a numpy.ndarray, "
+                            f"got {type(value).__name__}")
+        if value.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}.step: params[{key!r}] must be float32 or "
+                            f"float64, got dtype {value.dtype}")
+        if not (value.flags.c_contiguous and value.flags.writeable):
+            raise ValueError(f"{name}.step: params[{key!r}] must be a writeable "
+                             f"C-contiguous array, updated in place")
+        if key not in grads:
+            raise ValueError(f"{name}.step: grads has no entry {key!r}")
+        grad = np.asarray(grads[key])
+        if grad.shape != value.shape:
+            raise ValueError(f"{name}.step: grads[{key!r}] must have the shape "
+                             f"{value.shape} of its parameter, got {grad.shape}")
+        return value, np.ascontiguousarray(grad, value.dtype)
+
+    def _slot(self, key, slot, value):
+        """The state array slot of parameter key, zeros at first, C-contiguous in
+        value's shape and dtype."""
+        slots = self.state.setdefault(key, {})
+        array = slots.get(slot)
+        if array is None or array.shape != value.shape:
+            array = np.zeros(value.shape, value.dtype)
+        slots[slot] = array = np.ascontiguousarray(array, value.dtype)
+        return array
 
     def update(self, key, value, grad):
+        """One step on value, in place, with grad of its shape and dtype."""
         raise NotImplementedError
 
     def state_arrays(self):
@@ -130,21 +175,11 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
     def update(self, key, value, grad):
-        lr = self.current_lr
-        if self.weight_decay:
-            grad = grad + self.weight_decay * value
-        if not self.momentum:
-            value -= lr * grad
-            return
-        velocity = self.state.setdefault(key, {}).get("velocity")
-        if velocity is None:
-            velocity = self.state[key]["velocity"] = np.zeros_like(value)
-        velocity *= self.momentum
-        velocity -= lr * grad
-        if self.nesterov:
-            value += self.momentum * velocity - lr * grad
-        else:
-            value += velocity
+        velocity = (self._slot(key, "velocity", value) if self.momentum
+                    else value.reshape(-1)[:0])
+        _kernels.sgd_step(_flat(value), _flat(grad), _flat(velocity), self.current_lr,
+                          self.momentum, self.nesterov, self.weight_decay,
+                          threads_for(value.size))
 
 
 @register
@@ -170,19 +205,11 @@ class Adam(Optimizer):
                 "eps": self.eps}
 
     def update(self, key, value, grad):
-        slots = self.state.setdefault(key, {})
-        if "m" not in slots:
-            slots["m"] = np.zeros_like(value)
-            slots["v"] = np.zeros_like(value)
-        m, v = slots["m"], slots["v"]
-        m *= self.beta1
-        m += (1 - self.beta1) * grad
-        v *= self.beta2
-        v += (1 - self.beta2) * grad * grad
-
         t = self.iterations
-        step = self.current_lr * np.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
-        value -= (step * m / (np.sqrt(v) + self.eps)).astype(value.dtype, copy=False)
+        step = self.current_lr * math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        m, v = self._slot(key, "m", value), self._slot(key, "v", value)
+        _kernels.adam_step(_flat(value), _flat(grad), _flat(m), _flat(v), step,
+                           self.beta1, self.beta2, self.eps, threads_for(value.size))
 
 
 def get_optimizer(spec, lr=None):

@@ -53,14 +53,18 @@ def test_sgd_without_momentum_subtracts_lr_times_gradient(dtype):
     params = make_params(rng, dtype)
     grads = make_grads(rng, params)
     lr = 0.037
-    expected = {key: value - lr * grads[key] for key, value in params.items()}
+    # in float64, rounded once to dtype, as the kernel computes it
+    expected = {key: (value.astype(np.float64)
+                      - lr * grads[key].astype(np.float64)).astype(dtype)
+                for key, value in params.items()}
     optimizer = SGD(lr=lr)
 
     optimizer.step(params, grads)
 
     for key in params:
         assert params[key].dtype == dtype
-        np.testing.assert_array_equal(params[key], expected[key], err_msg=key)
+        np.testing.assert_allclose(params[key], expected[key], rtol=RTOL[dtype],
+                                   err_msg=key)
     assert optimizer.iterations == 1
 
 
@@ -228,6 +232,51 @@ def test_adam_first_step_moves_each_weight_by_about_lr():
 def test_bad_hyperparameters_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("optimizer", [SGD(lr=0.1, momentum=0.9), Adam()],
+                         ids=["sgd", "adam"])
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda p, g: p.update(w=p["w"].astype(np.int64)), TypeError,
+         r"params\['w'\] must be float32 or float64, got dtype int64"),
+        (lambda p, g: p.update(w=p["w"].tolist()), TypeError,
+         r"params\['w'\] must be a numpy.ndarray, got list"),
+        (lambda p, g: p.update(w=np.zeros((8, 6))[::2, ::2]), ValueError,
+         r"params\['w'\] must be a writeable C-contiguous array"),
+        (lambda p, g: g.update(w=g["w"].T), ValueError,
+         r"grads\['w'\] must have the shape \(4, 3\) of its parameter, got \(3, 4\)"),
+        (lambda p, g: g.pop("w"), ValueError, r"grads has no entry 'w'"),
+    ],
+)
+def test_bad_params_or_grads_raise_before_any_update(optimizer, change, error, match):
+    rng = np.random.default_rng(7)
+    params = {"b": rng.standard_normal(3), "w": rng.standard_normal((4, 3))}
+    grads = {key: rng.standard_normal(value.shape) for key, value in params.items()}
+    change(params, grads)
+    before = {key: np.array(value, copy=True) for key, value in params.items()}
+
+    with pytest.raises(error, match=match):
+        optimizer.step(params, grads)
+
+    np.testing.assert_array_equal(params["b"], before["b"])
+    assert optimizer.iterations == 0
+
+
+def test_float64_gradients_update_float32_params_in_their_dtype():
+    rng = np.random.default_rng(8)
+    params = make_params(rng, np.float32)
+    grads = make_grads(rng, make_params(rng, np.float64))
+    lr = 0.25
+    expected = {key: (value - lr * grads[key]).astype(np.float32)
+                for key, value in params.items()}
+
+    SGD(lr=lr).step(params, grads)
+
+    for key in params:
+        assert params[key].dtype == np.float32
+        np.testing.assert_allclose(params[key], expected[key], rtol=1e-6)
 
 
 def test_get_optimizer_rejects_unknown_names():
