@@ -49,6 +49,19 @@ import threadpoolctl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# convext and torch load one libgomp, which reads its settings once, when loaded.
+# convext asks for passive waiting (OMP_WAIT_POLICY=PASSIVE: a thread sleeps as soon
+# as a parallel loop ends) unless the environment says otherwise; torch leaves
+# libgomp's default, spinning for about 300000 rounds before sleeping, and in one
+# quiet moment its channels_last epoch took 19.7 s that way and 23.9 s passive,
+# each in a process of its own. So that torch runs here as it runs on its own, and
+# both libraries alike, the benchmark asks for that default spin unless the
+# environment chooses: `OMP_WAIT_POLICY=PASSIVE python benchmarks/run.py` measures
+# both with convext's default instead.
+LIBGOMP_DEFAULT_SPINCOUNT = "300000"
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = LIBGOMP_DEFAULT_SPINCOUNT
+
 try:
     import convext
 except ModuleNotFoundError as exc:
@@ -79,7 +92,7 @@ SMOKE_TEST_IMAGES = 1000
 BLAS_SETTLE_SECONDS = 0.3
 
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+            "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS")
 
 LAYER_PREFIXES = {Conv2D: "conv", BatchNorm: "bn", ReLU: "relu", MaxPool2D: "pool",
                   Dense: "dense"}
@@ -964,7 +977,8 @@ def main(argv=None):
               if pool["user_api"] == "openmp"]
     if use_torch and len(openmp) == 1:
         notes.append(f"convext and torch share one OpenMP runtime ({openmp[0]}), "
-                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+                     f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
     report = {
         "settings": {"mode": mode, "threads": args.threads, "dtype": "float32",
                      "batch_sizes": batch_sizes,

@@ -12,11 +12,13 @@ import os
 # 1516 ms with libgomp's default (spinning) wait and 290 ms with passive waiting,
 # so convext asks for passive waiting unless the user has chosen. libgomp reads
 # the variable once, when it is loaded with the compiled kernels just below.
-# LIMITATION: on an idle machine passive waiting costs about 12% (a step of
-# 22.4-23.7 ms against 20.2-20.6 ms spinning), the price of waking a sleeping
-# thread for each parallel loop; OMP_WAIT_POLICY=ACTIVE set by the user takes it
-# back.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# LIMITATION: on an idle machine passive waiting costs 10 to 15% (a step of
+# batch 64 took 19.0-19.4 ms against 16.4-17.4 ms with libgomp's default spin),
+# the price of waking a sleeping thread, about 0.1 ms, for each parallel loop. A
+# user who sets OMP_WAIT_POLICY or GOMP_SPINCOUNT (GOMP_SPINCOUNT=300000 is
+# libgomp's default spin) takes it back.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 try:
     from convext import _kernels

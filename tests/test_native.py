@@ -1,12 +1,16 @@
 """The compiled kernels over many calls and from many Python threads: resident
-memory stays flat, and concurrent calls give the results of sequential ones."""
+memory stays flat, and concurrent calls give the results of sequential ones; and
+the OpenMP wait policy the import asks for."""
 
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
+import convext
 from convext import ops
 
 CALLS = 10_000
@@ -98,3 +102,22 @@ def test_concurrent_calls_from_python_threads_match_sequential_ones():
     for got, want in zip(results, expected, strict=True):
         for got_array, want_array in zip(got, want, strict=True):
             np.testing.assert_array_equal(got_array, want_array)
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, "PASSIVE"),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
+    ({"GOMP_SPINCOUNT": "300000"}, None),
+])
+def test_import_asks_for_passive_waiting_unless_the_user_chose(environment, expected,
+                                                              tmp_path):
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(environment)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(convext.__file__))
+    script = "import os, convext; print(os.environ.get('OMP_WAIT_POLICY'))"
+
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, check=True)
+
+    assert result.stdout.strip() == str(expected)
