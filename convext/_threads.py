@@ -11,6 +11,7 @@ The user's own NumPy code outside convext keeps its BLAS settings.
 import contextlib
 import logging
 import os
+import threading
 
 from threadpoolctl import ThreadpoolController
 
@@ -76,13 +77,34 @@ def set_num_threads(n_threads):
     logger.debug("convext threads set to %d", _num_threads)
 
 
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Limit every loaded BLAS to one thread for the duration of the block."""
-    global _controller
-    if _controller is None:
-        # Made once: scanning the loaded libraries costs about a millisecond, a
-        # limit on a known set about ten microseconds.
-        _controller = ThreadpoolController()
-    with _controller.limit(limits=1, user_api="blas"):
+    """Limit every loaded BLAS to one thread for the duration of the block.
+
+    Blocks entered from several Python threads at once share one limit: the first
+    to enter sets it and the last to leave restores the BLAS's own thread counts.
+    Each restoring what it found on entry, they left the BLAS at one thread for
+    good when their blocks overlapped.
+    """
+    global _controller, _blas_users, _blas_limiter
+    with _blas_lock:
+        if _controller is None:
+            # Made once: scanning the loaded libraries costs about a millisecond,
+            # a limit on a known set about ten microseconds.
+            _controller = ThreadpoolController()
+        if _blas_users == 0:
+            _blas_limiter = _controller.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None

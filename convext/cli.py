@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -187,6 +188,8 @@ def percent(fraction):
 def run_train(args):
     if args.plot is not None:
         require_plots("--plot")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise CommandError(f"--resume: no model file at {args.resume}")
     if args.csv is None:
         try:
             x_train, y_train, x_test, y_test = data.load_demo()

@@ -28,7 +28,23 @@ def softmax_cross_entropy(logits, labels):
         ``(softmax(logits) - onehot(labels)) / N``.
     probabilities : ndarray of shape (N, K)
     """
-    n = logits.shape[0]
+    func = "softmax_cross_entropy"
+    if not isinstance(logits, np.ndarray) or logits.dtype.kind != "f":
+        raise TypeError(f"{func}: logits must be a float ndarray, got "
+                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
+    if logits.ndim != 2 or 0 in logits.shape:
+        raise ValueError(f"{func}: logits must be 2-D (N, K) with N, K >= 1, got "
+                         f"shape {logits.shape}")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{func}: labels must hold integers, got dtype {labels.dtype}")
+    n, n_classes = logits.shape
+    if labels.shape != (n,):
+        raise ValueError(f"{func}: labels must have shape ({n},) to match logits of "
+                         f"shape {logits.shape}, got {labels.shape}")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"{func}: labels must be in 0..{n_classes - 1}, got values "
+                         f"from {labels.min()} to {labels.max()}")
     rows = np.arange(n)
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)

@@ -296,7 +296,17 @@ class Sequential:
             )
         x, y = self._prepare(func, x, y)
         if validation_data is not None:
+            is_sequence = isinstance(validation_data, (tuple, list))
+            if not is_sequence or len(validation_data) != 2:
+                got = type(validation_data).__name__
+                if is_sequence:
+                    got += f" of {len(validation_data)} items"
+                raise ValueError(f"{func}: validation_data must be a pair (x_val, "
+                                 f"y_val), got {got}")
             x_val, y_val = self._prepare(func, *validation_data)
+            if len(x_val) == 0:
+                raise ValueError(f"{func}: validation_data must hold at least one "
+                                 f"sample, got 0")
         elif validation_split > 0:
             n_val = validation_count(len(x), validation_split)
             if n_val == 0 or n_val == len(x):
@@ -317,8 +327,42 @@ class Sequential:
         if lr_schedule is not None:
             self.optimizer.set_schedule(lr_schedule, epochs * n_batches)
 
-        self.stop_training = False
+        self._check_resume_point(func, n, batch_size)
+
+        # stop_training is cleared when fit returns, not when it starts, so that a
+        # stop asked for before the first batch (a Ctrl-C as training begins) holds.
         self.stopped_at = None
+        try:
+            self._run_epochs(x, y, x_val, y_val, epochs, batch_size, shuffle,
+                             callback, verbose)
+        finally:
+            self.stop_training = False
+        return self.history
+
+    def _check_resume_point(self, func, n, batch_size):
+        """Refuse data or a batch size that do not fit the epoch left part way."""
+        point = self.resume_point
+        if point is None:
+            return
+        how = "set the model's resume_point to None to start that epoch afresh"
+        if len(point["order"]) != n:
+            raise ValueError(
+                f"{func}: x must hold the {len(point['order'])} training samples of "
+                f"the epoch that was stopped part way, got {n}; pass the same data and "
+                f"validation split to finish it, or {how}"
+            )
+        saved_batch_size = point.get("batch_size", batch_size)
+        if saved_batch_size != batch_size:
+            raise ValueError(
+                f"{func}: batch_size must be {saved_batch_size}, the batch size of the "
+                f"epoch that was stopped part way, got {batch_size}; pass it to finish "
+                f"that epoch, or {how}"
+            )
+
+    def _run_epochs(self, x, y, x_val, y_val, epochs, batch_size, shuffle, callback,
+                    verbose):
+        n = len(x)
+        n_batches = steps_per_epoch(n, batch_size)
         for _ in range(epochs):
             epoch = self.epochs_done + 1
             if self.stop_training:
@@ -330,7 +374,7 @@ class Sequential:
             # the batch after the last one done.
             resume = self.resume_point
             self.resume_point = None
-            if resume is not None and shuffle and len(resume["order"]) == n:
+            if resume is not None:
                 order, first_batch = resume["order"], resume["batch"]
                 total_loss, total_correct = resume["loss_sum"], resume["correct"]
             else:
@@ -362,6 +406,7 @@ class Sequential:
                     # finished batches, and save() keeps where the epoch stood.
                     self.stopped_at = (epoch, b + 1)
                     self.resume_point = {"order": order, "batch": b + 1,
+                                         "batch_size": batch_size,
                                          "loss_sum": total_loss,
                                          "correct": total_correct}
                     break
@@ -384,7 +429,6 @@ class Sequential:
                 f"{k} {v:.4f}" for k, v in logs.items() if k != "epoch"))
             if callback is not None:
                 callback(dict(logs))
-        return self.history
 
     def _logits(self, x, batch_size, verbose=0):
         # (N, *input_shape) -> (N, K), batch by batch in evaluation mode
@@ -464,9 +508,8 @@ class Sequential:
                 arrays[f"optimizer/{name}"] = value
         if self.resume_point is not None:
             point = self.resume_point
-            header["resume_point"] = {"batch": point["batch"],
-                                      "loss_sum": point["loss_sum"],
-                                      "correct": point["correct"]}
+            header["resume_point"] = {key: point[key] for key in (
+                "batch", "batch_size", "loss_sum", "correct") if key in point}
             arrays["resume_order"] = point["order"]
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         with atomic_write(path) as handle:

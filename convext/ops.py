@@ -79,6 +79,11 @@ def compute_dtype(func, **arrays):
 
 def as_array(func, name, value, ndim, layout, dtype):
     """value as a C-contiguous, native-order array of dtype with ndim dimensions."""
+    if not isinstance(value, (np.ndarray, np.generic)):
+        # None, which compute_dtype passes over for the optional arguments
+        raise TypeError(
+            f"{func}: {name} must be a numpy.ndarray, got {type(value).__name__}"
+        )
     if value.ndim != ndim:
         raise ValueError(
             f"{func}: {name} must be {ndim}-D {layout}, got shape {value.shape}"

@@ -23,11 +23,11 @@ def register(cls):
 def _check_number(optimizer, name, value, low, high=None, low_open=False):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
         raise TypeError(f"{optimizer}: {name} must be a number, got {value!r}")
-    ok = (value > low if low_open else value >= low) and (high is None or value < high)
+    ok = ((value > low if low_open else value >= low)
+          and (value < high if high is not None else math.isfinite(value)))
     if not ok:
         bound = f"{'>' if low_open else '>='} {low}"
-        if high is not None:
-            bound += f" and < {high}"
+        bound += f" and < {high}" if high is not None else " and finite"
         raise ValueError(f"{optimizer}: {name} must be a number {bound}, got {value!r}")
     return float(value)
 
@@ -87,6 +87,11 @@ class Optimizer:
     def step(self, params, grads):
         """Update every array of params in place; they must be C-contiguous float32
         or float64 arrays, and grads[key] of the same shape."""
+        name = type(self).__name__
+        for argument, mapping in (("params", params), ("grads", grads)):
+            if not isinstance(mapping, dict):
+                raise TypeError(f"{name}.step: {argument} must be a dict of arrays, "
+                                f"got {type(mapping).__name__}")
         pairs = {key: self._checked_pair(key, value, grads)
                  for key, value in params.items()}
         self.iterations += 1
@@ -168,6 +173,9 @@ class SGD(Optimizer):
         self.lr = _check_number("SGD", "lr", lr, 0.0, low_open=True)
         self.momentum = _check_number("SGD", "momentum", momentum, 0.0, 1.0)
         self.nesterov = bool(nesterov)
+        if self.nesterov and not self.momentum:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0, got momentum "
+                             f"{self.momentum}")
         self.weight_decay = _check_number("SGD", "weight_decay", weight_decay, 0.0)
 
     def get_config(self):

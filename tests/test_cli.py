@@ -268,6 +268,17 @@ def test_no_command_prints_help(capsys):
     assert out.startswith("usage: convext")
 
 
+def test_a_missing_resume_file_is_reported_before_the_data_is_read(capsys, tmp_path):
+    missing_data = tmp_path / "no-such-data.csv"
+
+    code, _, err = run(capsys, "train", missing_data, "--resume",
+                       tmp_path / "no-such-model.npz", "--quiet")
+
+    assert code == 1
+    assert err.count("\n") == 1
+    assert f"--resume: no model file at {tmp_path / 'no-such-model.npz'}" in err
+
+
 def test_bad_option_value_exits_with_usage_error(capsys):
     with pytest.raises(SystemExit, match=r"^2$"):
         main(["train", "x.csv", "--epochs", "0"])

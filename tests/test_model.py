@@ -985,6 +985,79 @@ def test_stop_training_set_by_a_callback_stops_between_epochs():
     assert model.stopped_at == (2, 0)
 
 
+def test_a_stop_asked_before_fit_starts_stops_before_the_first_batch():
+    # A Ctrl-C in the moment between the CLI's signal handler and the first batch.
+    x, y = random_data(12)
+    model = small_model().compile(SGD(lr=0.01))
+    before = {name: value.copy() for name, value in model.parameters().items()}
+    model.stop_training = True
+
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+
+    assert model.stopped_at == (1, 0)
+    assert model.optimizer.iterations == 0
+    for name, value in before.items():
+        np.testing.assert_array_equal(model.parameters()[name], value)
+    assert model.stop_training is False
+
+
+def stopped_mid_epoch(tmp_path, n=30, batch_size=6):
+    """A model stopped after its second batch of the first epoch, saved and loaded
+    back."""
+    x, y = random_data(n)
+    model = small_model().compile(SGD(lr=0.01))
+    take_step = model.train_step
+
+    def stopping_step(*args, **kwargs):
+        if model.optimizer.iterations == 1:
+            model.stop_training = True
+        return take_step(*args, **kwargs)
+
+    model.train_step = stopping_step
+    model.fit(x, y, epochs=1, batch_size=batch_size, verbose=0)
+    model.save(tmp_path / "stopped.npz")
+    return convext.load_model(tmp_path / "stopped.npz"), x, y
+
+
+def test_resuming_with_another_batch_size_is_refused(tmp_path):
+    model, x, y = stopped_mid_epoch(tmp_path)
+    assert model.resume_point["batch_size"] == 6
+
+    with pytest.raises(ValueError, match=r"fit: batch_size must be 6, the batch size "
+                       r"of the epoch that was stopped part way, got 8"):
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert model.optimizer.iterations == 2
+
+    model.resume_point = None
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert model.optimizer.iterations == 2 + 4
+
+
+def test_resuming_on_other_data_is_refused(tmp_path):
+    model, x, y = stopped_mid_epoch(tmp_path)
+
+    with pytest.raises(ValueError, match=r"fit: x must hold the 30 training samples "
+                       r"of the epoch that was stopped part way, got 20"):
+        model.fit(x[:20], y[:20], epochs=1, batch_size=6, verbose=0)
+    assert model.optimizer.iterations == 2
+
+
+@pytest.mark.parametrize("validation_data, match", [
+    ((np.zeros((0, 8, 8, 1), np.float32), np.zeros(0, np.int64)),
+     r"fit: validation_data must hold at least one sample, got 0"),
+    ((np.zeros((2, 8, 8, 1)), np.zeros(2, np.int64), None),
+     r"fit: validation_data must be a pair \(x_val, y_val\), got tuple of 3 items"),
+    (np.zeros((2, 8, 8, 1)), r"validation_data must be a pair .*, got ndarray$"),
+])
+def test_bad_validation_data_is_refused(validation_data, match):
+    x, y = random_data(12)
+    model = small_model().compile(SGD(lr=0.01))
+
+    with pytest.raises(ValueError, match=match):
+        model.fit(x, y, validation_data=validation_data, verbose=0)
+    assert model.optimizer.iterations == 0
+
+
 # -- convolution layer: receptive fields kept from the forward pass ------------
 
 

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 import convext
 from convext import ops
@@ -121,3 +122,30 @@ def test_import_asks_for_passive_waiting_unless_the_user_chose(environment, expe
                             capture_output=True, text=True, check=True)
 
     assert result.stdout.strip() == str(expected)
+
+
+def test_overlapping_kernel_calls_from_python_threads_restore_the_blas_threads():
+    # Each call limits the BLAS to one thread while it runs; calls that overlap
+    # must not leave that limit behind when the last of them ends.
+    def blas_threads():
+        blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+        return [pool.num_threads for pool in blas.lib_controllers]
+
+    before = blas_threads()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 14, 14, 32)).astype(np.float32)
+    weights = rng.standard_normal((3, 3, 32, 64)).astype(np.float32)
+    start = threading.Barrier(4)
+
+    def convolve():
+        start.wait()
+        for _ in range(10):
+            ops.conv2d_forward(x, weights, padding="same")
+
+    threads = [threading.Thread(target=convolve) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert blas_threads() == before

@@ -1220,6 +1220,8 @@ BAD_ARGUMENTS = [
         r"conv2d_forward: bias must hold real numbers", "conv-bias-complex"),
     bad(lambda: ops.conv2d_forward(X.tolist(), WEIGHTS), TypeError,
         r"conv2d_forward: x must be a numpy\.ndarray, got list", "conv-x-list"),
+    bad(lambda: ops.conv2d_forward(None, WEIGHTS), TypeError,
+        r"conv2d_forward: x must be a numpy\.ndarray, got NoneType", "conv-x-none"),
     # conv2d_backward
     bad(lambda: ops.conv2d_backward(np.zeros((2, 4, 4, 4)), X, WEIGHTS), ValueError,
         r"conv2d_backward: dout must have shape \(2, 3, 3, 4\), got \(2, 4, 4, 4\)",

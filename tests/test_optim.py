@@ -217,8 +217,12 @@ def test_adam_first_step_moves_each_weight_by_about_lr():
     "make, match",
     [
         (lambda: SGD(lr=0.0), r"SGD: lr must be a number > 0"),
-        (lambda: SGD(lr=-0.1), r"SGD: lr must be a number > 0.0, got -0.1"),
-        (lambda: SGD(lr=float("nan")), r"SGD: lr must be a number > 0.0, got nan"),
+        (lambda: SGD(lr=-0.1), r"SGD: lr must be a number > 0.0 and finite, got -0.1"),
+        (lambda: SGD(lr=float("nan")), r"SGD: lr must be a number > 0.0 and finite, "
+                                       r"got nan"),
+        (lambda: Adam(lr=float("inf")), r"Adam: lr must be a number > 0.0 and finite, "
+                                        r"got inf"),
+        (lambda: SGD(nesterov=True), r"SGD: nesterov=True needs a momentum > 0"),
         (lambda: SGD(momentum=1.0), r"SGD: momentum must be a number >= 0.0 and < 1"),
         (lambda: SGD(momentum=-0.1), r"SGD: momentum must be a number >= 0.0"),
         (lambda: SGD(weight_decay=-1e-4), r"SGD: weight_decay must be a number >= 0"),
@@ -262,6 +266,37 @@ def test_bad_params_or_grads_raise_before_any_update(optimizer, change, error, m
 
     np.testing.assert_array_equal(params["b"], before["b"])
     assert optimizer.iterations == 0
+
+
+@pytest.mark.parametrize("params, grads, match", [
+    ([np.zeros(3)], [np.zeros(3)], r"SGD.step: params must be a dict of arrays, got "
+                                   r"list"),
+    ({"w": np.zeros(3)}, None, r"SGD.step: grads must be a dict of arrays, got "
+                               r"NoneType"),
+])
+def test_step_takes_dicts_only(params, grads, match):
+    with pytest.raises(TypeError, match=match):
+        SGD().step(params, grads)
+
+
+@pytest.mark.parametrize("logits, labels, error, match", [
+    (np.zeros((2, 10)), np.array([0, -1]), ValueError,
+     r"labels must be in 0..9, got values from -1 to 0"),
+    (np.zeros((2, 10)), np.array([0, 10]), ValueError,
+     r"labels must be in 0..9, got values from 0 to 10"),
+    (np.zeros((2, 10)), np.array([0.0, 1.0]), TypeError,
+     r"labels must hold integers, got dtype float64"),
+    (np.zeros((2, 10)), np.array([0, 1, 2]), ValueError,
+     r"labels must have shape \(2,\) to match logits of shape \(2, 10\), got \(3,\)"),
+    (np.zeros((0, 10)), np.array([], np.int64), ValueError,
+     r"logits must be 2-D \(N, K\) with N, K >= 1, got shape \(0, 10\)"),
+    (np.zeros((2, 10), np.int64), np.array([0, 1]), TypeError,
+     r"logits must be a float ndarray, got int64"),
+])
+def test_softmax_cross_entropy_refuses_bad_labels_and_logits(logits, labels, error,
+                                                             match):
+    with pytest.raises(error, match="softmax_cross_entropy: " + match):
+        softmax_cross_entropy(logits, labels)
 
 
 def test_float64_gradients_update_float32_params_in_their_dtype():
