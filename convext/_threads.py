@@ -47,6 +47,10 @@ def get_num_threads():
 SMALL_WORK = 1 << 18
 
 
+# The kernels take the thread count as a C int; libgomp caps it far lower anyway.
+MAX_THREADS = 1 << 16
+
+
 def threads_for(work):
     """Threads for a kernel call doing about ``work`` elements of work."""
     return 1 if work < SMALL_WORK else get_num_threads()
@@ -69,9 +73,10 @@ def set_num_threads(n_threads):
                 f"set_num_threads: n_threads must be an int or None, "
                 f"got {type(n_threads).__name__}"
             )
-        if n_threads < 1:
+        if not 1 <= n_threads <= MAX_THREADS:
             raise ValueError(
-                f"set_num_threads: n_threads must be >= 1, got {n_threads}"
+                f"set_num_threads: n_threads must be in 1..{MAX_THREADS}, got "
+                f"{n_threads}"
             )
     _num_threads = _default_num_threads() if n_threads is None else n_threads
     logger.debug("convext threads set to %d", _num_threads)

@@ -87,6 +87,8 @@ class Sequential:
             raise ValueError("Sequential: layers must not be empty")
         self.layers = layers
         self.dtype = _floating_dtype(dtype)
+        if seed is not None:
+            seed = check_int("Sequential", "seed", seed, minimum=0)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.optimizer = None

@@ -985,6 +985,15 @@ def test_stop_training_set_by_a_callback_stops_between_epochs():
     assert model.stopped_at == (2, 0)
 
 
+@pytest.mark.parametrize("seed, error, match", [
+    (-1, ValueError, r"Sequential: seed must be >= 0, got -1"),
+    (1.5, TypeError, r"Sequential: seed must be an int, got 1.5"),
+])
+def test_bad_seeds_are_refused(seed, error, match):
+    with pytest.raises(error, match=match):
+        small_model(seed=seed)
+
+
 def test_a_stop_asked_before_fit_starts_stops_before_the_first_batch():
     # A Ctrl-C in the moment between the CLI's signal handler and the first batch.
     x, y = random_data(12)

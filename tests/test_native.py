@@ -149,3 +149,17 @@ def test_overlapping_kernel_calls_from_python_threads_restore_the_blas_threads()
         thread.join()
 
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("count, error, match", [
+    (0, ValueError, r"n_threads must be in 1\.\.65536, got 0"),
+    (10**12, ValueError, r"n_threads must be in 1\.\.65536, got 1000000000000"),
+    (2.0, TypeError, r"n_threads must be an int or None, got float"),
+])
+def test_set_num_threads_refuses_counts_the_kernels_cannot_take(count, error, match):
+    before = convext.get_num_threads()
+
+    with pytest.raises(error, match="set_num_threads: " + match):
+        convext.set_num_threads(count)
+
+    assert convext.get_num_threads() == before
