@@ -248,19 +248,21 @@ def run_train(args):
     def stop_after_this_batch(signum, frame):
         model.stop_training = True
 
+    # Until the stopped model is saved, a further Ctrl-C only asks again to stop.
     previous_handler = signal.signal(signal.SIGINT, stop_after_this_batch)
     try:
         history = model.fit(
             x_train, y_train, epochs=epochs, batch_size=args.batch_size,
             validation_split=args.validation_split, lr_schedule=lr_schedule,
             callback=end_of_epoch, verbose=0 if args.quiet else 1)
+        if model.stopped_at is not None:
+            model.save(args.out)
     except TrainingDiverged as exc:
         raise CommandError(str(exc)) from None
     finally:
         signal.signal(signal.SIGINT, previous_handler)
 
     if model.stopped_at is not None:
-        model.save(args.out)
         epoch, batch = model.stopped_at
         again = ["convext train", *([args.csv] if args.csv else []),
                  "--resume", args.out, "--epochs", str(args.epochs),
@@ -377,6 +379,13 @@ def main(argv=None):
 
     commands = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict,
                 "profile": run_profile, "show": run_show}
+    interrupts = []
+
+    def interrupt(signum, frame):
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGINT, interrupt)
     try:
         commands[args.command](args)
     except Interrupted:
@@ -385,8 +394,15 @@ def main(argv=None):
         print(f"convext {args.command}: interrupted", file=sys.stderr)
         return 130
     except (CommandError, ValueError, OSError) as exc:
+        if interrupts:
+            # pandas's reader reports a Ctrl-C in the middle of a read as a
+            # malformed file; the file is not to blame.
+            print(f"convext {args.command}: interrupted", file=sys.stderr)
+            return 130
         print(f"convext {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     return 0
 
 

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -277,6 +278,29 @@ def test_a_missing_resume_file_is_reported_before_the_data_is_read(capsys, tmp_p
     assert code == 1
     assert err.count("\n") == 1
     assert f"--resume: no model file at {tmp_path / 'no-such-model.npz'}" in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to itself")
+def test_a_ctrl_c_that_a_reader_reports_as_a_bad_file_is_an_interruption(
+    capsys, monkeypatch, tmp_path
+):
+    # pandas's C reader turns a Ctrl-C during a read into a ParserError.
+    def reader_hit_by_ctrl_c(path):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ValueError(f"load_csv: '{path}' must be a well-formed CSV file: "
+                             f"Calling read(nbytes) on source failed") from None
+        raise AssertionError("the SIGINT did not arrive")
+
+    monkeypatch.setattr(convext.data, "load_dataset", reader_hit_by_ctrl_c)
+
+    code, out, err = run(capsys, "train", tmp_path / "train.csv", "--quiet")
+
+    assert code == 130
+    assert err == "convext train: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_bad_option_value_exits_with_usage_error(capsys):

@@ -4,6 +4,7 @@ import gc
 import json
 import os
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -1048,7 +1049,15 @@ def test_resuming_on_other_data_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"fit: x must hold the 30 training samples "
                        r"of the epoch that was stopped part way, got 20"):
         model.fit(x[:20], y[:20], epochs=1, batch_size=6, verbose=0)
+    other_labels = (y + 1) % 10
+    for other_x, other_y in ((x[::-1], y[::-1]), (x, other_labels)):
+        with pytest.raises(ValueError, match=r"fit: x and y must be the 30 training "
+                           r"samples and labels, in their order, of the epoch"):
+            model.fit(other_x, other_y, epochs=1, batch_size=6, verbose=0)
     assert model.optimizer.iterations == 2
+
+    model.fit(x, y, epochs=1, batch_size=6, verbose=0)
+    assert model.optimizer.iterations == 5
 
 
 @pytest.mark.parametrize("validation_data, match", [
@@ -1065,6 +1074,27 @@ def test_bad_validation_data_is_refused(validation_data, match):
     with pytest.raises(ValueError, match=match):
         model.fit(x, y, validation_data=validation_data, verbose=0)
     assert model.optimizer.iterations == 0
+
+
+def test_calls_from_python_threads_take_turns_on_one_model():
+    # Unbuilt: every thread would otherwise build it; built: the layers' buffers
+    # would be shared between the calls.
+    x, _ = random_data(64, seed=4)
+    expected = small_model(seed=2).predict(x)
+    model = Sequential(small_layers(), seed=2)
+    results = [None] * 4
+
+    def predict(i):
+        results[i] = model.predict(x, batch_size=16)
+
+    threads = [threading.Thread(target=predict, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
 
 
 # -- convolution layer: receptive fields kept from the forward pass ------------
