@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ def set_num_threads(n_threads):
     """
     global _num_threads
     if n_threads is not None:
-        if isinstance(n_threads, bool) or not isinstance(n_threads, int):
+        if isinstance(n_threads, bool) or not isinstance(
+                n_threads, (int, np.integer)):
             raise TypeError(
                 f"set_num_threads: n_threads must be an int or None, "
                 f"got {type(n_threads).__name__}"
@@ -78,7 +80,8 @@ def set_num_threads(n_threads):
                 f"set_num_threads: n_threads must be in 1..{MAX_THREADS}, got "
                 f"{n_threads}"
             )
-    _num_threads = _default_num_threads() if n_threads is None else n_threads
+    _num_threads = (_default_num_threads() if n_threads is None
+                    else int(n_threads))
     logger.debug("convext threads set to %d", _num_threads)
 
 

@@ -232,8 +232,9 @@ def run_train(args):
                       else SGD(lr=lr, momentum=0.9))
         lr_schedule = args.schedule
         epochs = args.epochs
-    print(f"Training {epochs} epochs, batch {args.batch_size}, {model.optimizer!r}, "
-          f"{convext.get_num_threads()} threads.")
+    plural = "s" if epochs != 1 else ""
+    print(f"Training {epochs} epoch{plural}, batch {args.batch_size}, "
+          f"{model.optimizer!r}, {convext.get_num_threads()} threads.")
 
     def end_of_epoch(logs):
         line = (f"epoch {logs['epoch']}/{args.epochs}  loss {logs['loss']:.4f}  "

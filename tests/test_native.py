@@ -163,3 +163,12 @@ def test_set_num_threads_refuses_counts_the_kernels_cannot_take(count, error, ma
         convext.set_num_threads(count)
 
     assert convext.get_num_threads() == before
+
+
+def test_set_num_threads_takes_numpy_integers():
+    try:
+        convext.set_num_threads(np.int64(1))
+        assert convext.get_num_threads() == 1
+        assert type(convext.get_num_threads()) is int
+    finally:
+        convext.set_num_threads(None)
