@@ -506,7 +506,6 @@ class Sequential:
         x, _ = self._prepare("predict", x)
         return softmax(self._logits(x, batch_size, verbose))
 
-    @_one_call_at_a_time
     def predict_labels(self, x, batch_size=256, verbose=0):
         """The most probable class of each sample, shape (N,)."""
         return self.predict(x, batch_size, verbose).argmax(axis=1)

@@ -183,9 +183,10 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay}
 
     def update(self, key, value, grad):
-        velocity = (self._slot(key, "velocity", value) if self.momentum
-                    else value.reshape(-1)[:0])
-        _kernels.sgd_step(_flat(value), _flat(grad), _flat(velocity), self.current_lr,
+        # without momentum the kernel reads no velocity: an empty one stands in
+        velocity = (_flat(self._slot(key, "velocity", value)) if self.momentum
+                    else _flat(value)[:0])
+        _kernels.sgd_step(_flat(value), _flat(grad), velocity, self.current_lr,
                           self.momentum, self.nesterov, self.weight_decay,
                           threads_for(value.size))
 
